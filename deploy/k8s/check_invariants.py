@@ -90,6 +90,8 @@ FALLBACK_FLAGS = {
         "ort-lib": ("ORT_DYLIB_PATH", False, None),
         "drain-timeout-secs": ("WRN_DRAIN_TIMEOUT_SECS", False, "30"),
         "log-format": ("WRN_LOG_FORMAT", False, "text"),
+        "log-level": ("WRN_LOG_LEVEL", False, "info"),
+        "no-metrics": ("WRN_NO_METRICS", True, None),
         "execution-providers": ("WRN_EXECUTION_PROVIDERS", False, None),
         "require-gpu": ("WRN_REQUIRE_GPU", True, None),
     },

@@ -286,7 +286,31 @@ def check_schemas(report: Report, label: str, docs: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Invariants of a serving target
+# 2. Invariants shared by all targets
+
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PriorityClass", "StorageClass", "PersistentVolume", "APIService"}
+
+
+def check_namespace(report: Report, label: str, docs: list[dict]) -> None:
+    """Every namespaced object lands in the target's own namespace, which is Pod Security
+    `restricted` and part of the render."""
+    report.start(f"{label}: namespace")
+    nss = find(docs, "Namespace")
+    if report.check("one Namespace in the render", len(nss) == 1):
+        ns = nss[0]["metadata"]["name"]
+        labels = nss[0]["metadata"].get("labels", {})
+        report.check(f"Namespace {ns} enforces Pod Security `restricted`",
+                     labels.get("pod-security.kubernetes.io/enforce") == "restricted")
+        for d in docs:
+            if d["kind"] not in CLUSTER_SCOPED:
+                report.check(f"{d['kind']}/{d['metadata']['name']} in namespace {ns}",
+                             d["metadata"].get("namespace") == ns, str(d["metadata"].get("namespace")))
+    report.end()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2a. Invariants of a serving target
 
 
 def check_security(report: Report, where: str, pod: dict) -> None:
@@ -296,6 +320,12 @@ def check_security(report: Report, where: str, pod: dict) -> None:
     report.check(f"{where}: pod seccompProfile RuntimeDefault",
                  (psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault")
     report.check(f"{where}: no service account token", pod.get("automountServiceAccountToken") is False)
+    report.check(f"{where}: no host namespaces",
+                 not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")))
+    kinds = {k for v in pod.get("volumes", []) for k in v if k != "name"}
+    report.check(f"{where}: only volume types Pod Security `restricted` allows",
+                 kinds <= {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected",
+                           "downwardAPI", "ephemeral", "csi", "image"}, str(sorted(kinds)))
     for c in pod.get("initContainers", []) + pod.get("containers", []):
         sc = c.get("securityContext") or {}
         n = f"{where}: container {c['name']}"
@@ -305,6 +335,7 @@ def check_security(report: Report, where: str, pod: dict) -> None:
                      "ALL" in ((sc.get("capabilities") or {}).get("drop") or []))
         report.check(f"{n} adds no capabilities", not (sc.get("capabilities") or {}).get("add"))
         report.check(f"{n} not privileged", sc.get("privileged") is not True)
+        report.check(f"{n} uses no host ports", not any(p.get("hostPort") for p in c.get("ports", [])))
         res = c.get("resources") or {}
         report.check(f"{n} requests cpu and memory",
                      {"cpu", "memory"} <= set((res.get("requests") or {})), str(res.get("requests")))
@@ -714,6 +745,9 @@ MUTATIONS = [
      lambda d: one(d, "Service", "wrn-headless")["spec"].pop("clusterIP")),
     ("gpu", "PDB that blocks every drain at one replica",
      lambda d: one(d, "PodDisruptionBudget", "wrn")["spec"].update({"maxUnavailable": 0})),
+    ("cpu", "an object outside the namespace",
+     lambda d: one(d, "ServiceMonitor", "wrn")["metadata"].pop("namespace")),
+    ("cpu", "a hostPath volume", lambda d: _pod(d)["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
     ("cpu", "CPU overlay asking for a GPU",
      lambda d: _wrn(d)["resources"]["limits"].__setitem__("nvidia.com/gpu", 1)),
     ("cpu", "image without a registry", lambda d: _wrn(d).__setitem__("image", "wrn")),
@@ -749,6 +783,7 @@ def self_test(report: Report, rendered: Path, flags: dict) -> None:
             continue
         inner = Report(False, quiet=True)
         check_schemas(inner, target, docs)
+        check_namespace(inner, target, docs)
         try:
             if roles[target].startswith("serve"):
                 check_server(inner, target, roles[target], docs, flags)
@@ -789,6 +824,7 @@ def main() -> int:
             continue
         docs = load_docs(path)
         check_schemas(report, n, docs)
+        check_namespace(report, n, docs)
         if role.startswith("serve"):
             facts[n] = check_server(report, n, role, docs, flags)
         else:

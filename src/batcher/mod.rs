@@ -1,0 +1,316 @@
+//! The batcher of one model: a cloneable [`Handle`] over a bounded queue, one async task
+//! that owns the queue and applies the rules of [`state`], and one worker thread per model
+//! instance that owns its ORT session and runs one batch at a time.
+//!
+//! Every entry carries its own oneshot reply. Images of one request are separate entries,
+//! so they may be split across batches; the caller joins them back in order.
+
+pub mod state;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::{error::Error, metrics::ModelMetrics};
+use state::{Next, Queued, State};
+
+/// Logits of one image, or why it has none.
+pub type Reply = Result<Vec<f32>, Error>;
+
+/// One image waiting to be run.
+#[derive(Debug)]
+pub struct Entry {
+    pub input: Vec<f32>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// What a worker thread runs: a model instance, or a stand-in in tests.
+pub trait Runner: Send + 'static {
+    /// Runs `batch` images laid out back to back in `input`; returns their logits.
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, String>;
+    /// Config name of the execution provider, for metrics.
+    fn provider(&self) -> &str;
+}
+
+impl Runner for crate::model::Instance {
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+        crate::model::Instance::run(self, input, batch)
+    }
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+}
+
+/// Current time on tokio's clock (so tests can pause it), as a std instant.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Batching settings for one model.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub model: String,
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+    pub queue_capacity: usize,
+    pub slot_len: usize,
+    pub num_classes: usize,
+}
+
+/// Cloneable submission side of the batcher.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Queued<Entry>>,
+    depth: Arc<AtomicUsize>,
+    settings: Arc<Settings>,
+}
+
+impl Handle {
+    /// Queues the images of one request, all or none. Fails at once with
+    /// RESOURCE_EXHAUSTED when the queue cannot take them all.
+    pub fn submit(
+        &self,
+        inputs: Vec<Vec<f32>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<oneshot::Receiver<Reply>>, Error> {
+        let n = inputs.len();
+        let cap = self.settings.queue_capacity;
+        if n > cap {
+            return Err(Error::ResourceExhausted(format!(
+                "request has {n} images but model {:?} queues at most {cap}",
+                self.settings.model
+            )));
+        }
+        // The depth counter is the real bound: it covers the channel and the task's queue.
+        self.depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d + n <= cap).then_some(d + n)
+            })
+            .map_err(|_| Error::QueueFull {
+                model: self.settings.model.clone(),
+                capacity: cap,
+            })?;
+        let permits = match self.tx.try_reserve_many(n) {
+            Ok(p) => p,
+            Err(_) => {
+                self.depth.fetch_sub(n, Ordering::AcqRel);
+                return Err(Error::Unavailable(format!(
+                    "model {:?} is shutting down",
+                    self.settings.model
+                )));
+            }
+        };
+        let now = now();
+        let mut rxs = Vec::with_capacity(n);
+        for (permit, input) in permits.zip(inputs) {
+            let (reply, rx) = oneshot::channel();
+            permit.send(Queued {
+                item: Entry { input, reply },
+                enqueued: now,
+                deadline,
+            });
+            rxs.push(rx);
+        }
+        Ok(rxs)
+    }
+
+    /// Images queued right now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Acquire)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Starts the queue task and one worker thread per instance. Must be called inside a
+/// tokio runtime. The batcher stops when every [`Handle`] is dropped and the queue is empty.
+pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMetrics) -> Handle {
+    assert!(
+        !instances.is_empty(),
+        "a batcher needs at least one instance"
+    );
+    let settings = Arc::new(settings);
+    let (tx, rx) = mpsc::channel(settings.queue_capacity);
+    let depth = Arc::new(AtomicUsize::new(0));
+    // Workers report "free" on a channel sized to the number of workers: never blocks.
+    let (free_tx, free_rx) = mpsc::channel(instances.len());
+    let mut workers = Vec::with_capacity(instances.len());
+    for (id, instance) in instances.into_iter().enumerate() {
+        let (batch_tx, batch_rx) = mpsc::channel::<Vec<Queued<Entry>>>(1);
+        workers.push(batch_tx);
+        let free_tx = free_tx.clone();
+        let metrics = metrics.clone();
+        let settings = settings.clone();
+        std::thread::Builder::new()
+            .name(format!("wrn-{}-{id}", settings.model))
+            .spawn(move || worker(id, instance, batch_rx, free_tx, settings, metrics))
+            .expect("spawning a model worker thread");
+    }
+    drop(free_tx);
+    tokio::spawn(queue_task(
+        settings.clone(),
+        rx,
+        free_rx,
+        workers,
+        depth.clone(),
+        metrics,
+    ));
+    Handle {
+        tx,
+        depth,
+        settings,
+    }
+}
+
+async fn queue_task(
+    settings: Arc<Settings>,
+    mut rx: mpsc::Receiver<Queued<Entry>>,
+    mut free_rx: mpsc::Receiver<usize>,
+    workers: Vec<mpsc::Sender<Vec<Queued<Entry>>>>,
+    depth: Arc<AtomicUsize>,
+    metrics: ModelMetrics,
+) {
+    let mut state: State<Entry> = State::new(settings.max_batch_size, settings.max_queue_delay);
+    let mut free: Vec<usize> = (0..workers.len()).rev().collect();
+    let mut open = true;
+    // Cancelled callers are noticed at least this often even when nothing else happens.
+    let sweep = Duration::from_millis(50);
+    loop {
+        let now = now();
+        let (expired, cancelled) = state.remove_dead(now, |e: &Entry| e.reply.is_closed());
+        let removed = expired.len() + cancelled.len();
+        for q in expired {
+            metrics.failure("deadline");
+            let _ = q
+                .item
+                .reply
+                .send(Err(Error::DeadlineExceeded("waiting in the batch queue")));
+        }
+        for _ in &cancelled {
+            metrics.failure("cancelled");
+        }
+        if removed > 0 {
+            depth.fetch_sub(removed, Ordering::AcqRel);
+        }
+        let mut wake = state.next_deadline();
+        while let Some(&w) = free.last() {
+            match state.next_batch(now) {
+                Next::Batch(batch) => {
+                    free.pop();
+                    depth.fetch_sub(batch.len(), Ordering::AcqRel);
+                    for q in &batch {
+                        metrics
+                            .queue_wait
+                            .record(now.duration_since(q.enqueued).as_secs_f64());
+                    }
+                    if workers[w].try_send(batch).is_err() {
+                        warn!(model = %settings.model, worker = w, "model worker is gone");
+                    }
+                }
+                Next::WaitUntil(t) => {
+                    wake = Some(wake.map_or(t, |d| d.min(t)));
+                    break;
+                }
+                Next::Idle => break,
+            }
+        }
+        metrics
+            .queue_depth
+            .set(depth.load(Ordering::Acquire) as f64);
+        if !open && state.is_empty() {
+            debug!(model = %settings.model, "batcher queue closed and drained");
+            return;
+        }
+        let sleep_until = if state.is_empty() {
+            wake
+        } else {
+            Some(wake.map_or(now + sweep, |w| w.min(now + sweep)))
+        };
+        let sleep = async {
+            match sleep_until {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv(), if open => match msg {
+                Some(q) => {
+                    state.push(q);
+                    // Take everything already waiting in the channel in one go.
+                    while let Ok(q) = rx.try_recv() {
+                        state.push(q);
+                    }
+                }
+                None => open = false,
+            },
+            Some(w) = free_rx.recv() => free.push(w),
+            _ = sleep => {}
+        }
+    }
+}
+
+fn worker<R: Runner>(
+    id: usize,
+    mut instance: R,
+    mut batches: mpsc::Receiver<Vec<Queued<Entry>>>,
+    free: mpsc::Sender<usize>,
+    settings: Arc<Settings>,
+    metrics: ModelMetrics,
+) {
+    let ready = metrics.instances_ready(instance.provider());
+    ready.increment(1.0);
+    let mut input: Vec<f32> = Vec::with_capacity(settings.max_batch_size * settings.slot_len);
+    while let Some(batch) = batches.blocking_recv() {
+        // A caller may have gone away between batching and now: skip its work.
+        let live: Vec<Entry> = batch
+            .into_iter()
+            .map(|q| q.item)
+            .filter(|e| !e.reply.is_closed())
+            .collect();
+        if !live.is_empty() {
+            input.clear();
+            for e in &live {
+                input.extend_from_slice(&e.input);
+            }
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                instance.run(&input, live.len())
+            }))
+            .unwrap_or_else(|_| Err("model run panicked".to_string()));
+            metrics.compute.record(started.elapsed().as_secs_f64());
+            metrics.batch_size.record(live.len() as f64);
+            metrics.batches.increment(1);
+            match result {
+                Ok(logits) => {
+                    for (e, chunk) in live
+                        .into_iter()
+                        .zip(logits.chunks_exact(settings.num_classes))
+                    {
+                        let _ = e.reply.send(Ok(chunk.to_vec()));
+                    }
+                }
+                Err(msg) => {
+                    warn!(model = %settings.model, worker = id, error = %msg, "inference failed");
+                    for e in live {
+                        let _ = e
+                            .reply
+                            .send(Err(Error::Internal(format!("inference failed: {msg}"))));
+                    }
+                }
+            }
+        }
+        if free.blocking_send(id).is_err() {
+            break;
+        }
+    }
+    ready.decrement(1.0);
+}

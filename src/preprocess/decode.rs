@@ -1,0 +1,174 @@
+//! Decoding any supported format into 8-bit RGB the way PIL's `exif_transpose` followed by
+//! `convert("RGB")` does, with the decoded size checked from the header before any pixel
+//! is decoded (decompression-bomb guard).
+
+use std::io::Cursor;
+
+use image::{
+    DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, metadata::Orientation,
+};
+
+use crate::error::Error;
+
+/// Limits on one encoded image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width x height, read from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest accepted side.
+    pub max_side: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // 40 MP covers every camera photo in common use; a 40 MP RGB image is 120 MB.
+        Self {
+            max_pixels: 40_000_000,
+            max_side: 65_535,
+        }
+    }
+}
+
+const FORMATS: &[ImageFormat] = &[
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Bmp,
+    ImageFormat::Gif,
+    ImageFormat::Tiff,
+];
+
+/// Decodes an encoded image into upright 8-bit RGB.
+pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Error> {
+    if bytes.is_empty() {
+        return Err(Error::invalid("image is empty (0 bytes)"));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::invalid(format!("cannot read image: {e}")))?;
+    let format = match reader.format() {
+        Some(f) if FORMATS.contains(&f) => f,
+        Some(f) => {
+            return Err(Error::invalid(format!(
+                "image format {f:?} is not supported (JPEG, PNG, WebP, BMP, GIF, TIFF are)"
+            )));
+        }
+        None => {
+            return Err(Error::invalid(
+                "bytes are not a recognised image (JPEG, PNG, WebP, BMP, GIF or TIFF expected)",
+            ));
+        }
+    };
+    let mut reader = reader;
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    // Room for the decoded image at 16 bits per channel with alpha, plus decoder scratch.
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(format!(
+            "{format:?} image has zero size ({w}x{h})"
+        )));
+    }
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_pixels {
+        return Err(Error::invalid(format!(
+            "image is {w}x{h} = {pixels} pixels, above the limit of {} pixels",
+            limits.max_pixels
+        )));
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb8(img))
+}
+
+fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Limits(l) => {
+            Error::invalid(format!("{format:?} image exceeds decoding limits: {l}"))
+        }
+        other => Error::invalid(format!("cannot decode {format:?} image: {other}")),
+    }
+}
+
+/// Converts any colour type to RGB8 as PIL's `convert("RGB")` does: alpha is dropped (not
+/// composited), grey is replicated, 16-bit samples keep their high byte.
+pub fn to_rgb8(img: DynamicImage) -> RgbImage {
+    match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageRgb16(_)
+        | DynamicImage::ImageRgba16(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_) => {
+            let rgb16 = img.to_rgb16();
+            let (w, h) = rgb16.dimensions();
+            let data = rgb16
+                .into_raw()
+                .into_iter()
+                .map(|v| (v >> 8) as u8)
+                .collect();
+            RgbImage::from_raw(w, h, data).expect("buffer length matches dimensions")
+        }
+        other => other.to_rgb8(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn rejects_empty_and_garbage_with_messages() {
+        let lim = DecodeLimits::default();
+        let e = decode_rgb(b"", &lim).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = decode_rgb(b"hello, this is text", &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a recognised image"), "{e}");
+    }
+
+    #[test]
+    fn truncated_png_is_invalid() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3])));
+        let png = encode(&img, ImageFormat::Png);
+        let e = decode_rgb(&png[..png.len() / 2], &DecodeLimits::default()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        let img = DynamicImage::ImageRgb8(RgbImage::new(100, 100));
+        let png = encode(&img, ImageFormat::Png);
+        let lim = DecodeLimits {
+            max_pixels: 9_999,
+            ..DecodeLimits::default()
+        };
+        let e = decode_rgb(&png, &lim).unwrap_err().to_string();
+        assert!(e.contains("10000 pixels"), "{e}");
+    }
+
+    #[test]
+    fn sixteen_bit_keeps_high_byte_and_alpha_is_dropped() {
+        let img = DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(
+            2,
+            2,
+            image::Rgba([0x12ff, 0x3400, 0xffff, 0]),
+        ));
+        let rgb = to_rgb8(img);
+        assert_eq!(rgb.get_pixel(0, 0).0, [0x12, 0x34, 0xff]);
+        let la =
+            DynamicImage::ImageLumaA8(image::ImageBuffer::from_pixel(1, 1, image::LumaA([77, 0])));
+        assert_eq!(to_rgb8(la).get_pixel(0, 0).0, [77, 77, 77]);
+    }
+}

@@ -42,6 +42,7 @@ TARGETS = [
     ("cpu", "overlays/cpu", "serve-cpu"),
     ("gpu", "overlays/gpu", "serve-gpu"),
     ("gpu-models-pvc", "examples/gpu-models-pvc", "serve-gpu"),
+    ("cpu-models-baked", "examples/cpu-models-baked", "serve-cpu"),
     ("queue-depth-hpa", "examples/queue-depth-hpa", "serve-gpu"),
     ("training", "training", "train"),
 ]
@@ -493,8 +494,16 @@ def check_server(report: Report, name: str, role: str, docs: list[dict], flags: 
     vols = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
     mdir = mounts.get(models_dir)
-    report.check(f"{where}: --models-dir {models_dir} is a mounted volume", mdir is not None)
-    if mdir:
+    if mdir is None:
+        # Option 3: models baked into the image; nothing may shadow or half-provide them.
+        report.check(f"{where}: no volume at --models-dir {models_dir}: models come from the image",
+                     not any(mp.startswith(models_dir + "/") and m.get("subPath") != "config.toml"
+                             for mp, m in mounts.items()))
+        report.check("no init container left copying models", not pod.get("initContainers"))
+        report.check("no unused models volume left", "models" not in vols)
+        report.check("image tag names the baked model", default_model in c.get("image", ""), c.get("image", ""))
+        facts["models"] = "image"
+    else:
         report.check(f"{where}: models mounted read-only", mdir.get("readOnly") is True)
         mv = vols.get(mdir["name"], {})
         if "emptyDir" in mv:
@@ -750,6 +759,10 @@ MUTATIONS = [
     ("cpu", "a hostPath volume", lambda d: _pod(d)["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
     ("cpu", "CPU overlay asking for a GPU",
      lambda d: _wrn(d)["resources"]["limits"].__setitem__("nvidia.com/gpu", 1)),
+    ("cpu", "--models-dir pointing next to the models volume",
+     lambda d: _wrn(d)["args"].__setitem__(1, "--models-dir=/model")),
+    ("cpu-models-baked", "baked-model pods still mounting a volume over /models",
+     lambda d: _wrn(d)["volumeMounts"].append({"name": "tmp", "mountPath": "/models/wide_resnet50_2"})),
     ("cpu", "image without a registry", lambda d: _wrn(d).__setitem__("image", "wrn")),
     ("queue-depth-hpa", "HPA on a metric the adapter does not serve",
      lambda d: one(d, "HorizontalPodAutoscaler", "wrn")["spec"]["metrics"][0]["pods"]["metric"]
@@ -838,6 +851,8 @@ def main() -> int:
                  and facts.get("gpu-models-pvc", {}).get("models_claim") == facts.get("training", {}).get("models_claim"))
     report.check("cpu and gpu overlays deliver models by init container",
                  facts.get("cpu", {}).get("models") == facts.get("gpu", {}).get("models") == "init-container")
+    report.check("all three model delivery options are rendered",
+                 {f.get("models") for f in facts.values()} >= {"init-container", "pvc", "image"})
     report.end()
 
     if all((a.rendered / f"{n}.yaml").is_file() for n, _, _ in TARGETS):

@@ -25,6 +25,7 @@ Run by deploy/scripts/check-deploy.sh, which renders the targets with `kubectl k
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -70,16 +71,24 @@ IMAGE_ENV = {
     "WRN_METRICS_ADDR": f"0.0.0.0:{METRICS_PORT}",
 }
 
-# config.toml: the keys the server accepts (unknown keys are errors), per table.
-CONFIG_KEYS = {
-    None: {"name", "version", "architecture", "weights", "pretrained", "model_file", "labels_file",
-           "preprocess", "batching", "runtime"},
-    "preprocess": {"resize", "crop", "interpolation", "mean", "std"},
-    "batching": {"max_batch_size", "max_queue_delay_ms", "queue_capacity", "instances"},
-    "runtime": {"execution_providers", "intra_op_threads", "inter_op_threads",
-                "graph_optimization_level"},
+# config.toml as the team conventions give it, used when src/config.rs is not there:
+# {key: True (required) | False (optional)}; a nested table is {"?": required, ...its keys}.
+FALLBACK_CONFIG = {
+    "name": True, "version": False, "architecture": False, "weights": False, "pretrained": False,
+    "model_file": False, "labels_file": False,
+    "preprocess": {"?": True, "resize": True, "crop": True, "interpolation": False, "mean": True,
+                   "std": True},
+    "batching": {"?": False, "max_batch_size": False, "max_queue_delay_ms": False,
+                 "queue_capacity": False, "instances": False},
+    "runtime": {"?": False, "execution_providers": False, "intra_op_threads": False,
+                "inter_op_threads": False, "graph_optimization_level": False, "warmup": False,
+                "cuda": {"?": False, "device_id": False, "conv_algo_search": False,
+                         "memory_limit_bytes": False, "cuda_graph": False},
+                "tensorrt": {"?": False, "device_id": False, "fp16": False, "int8": False,
+                             "int8_calibration_table": False, "cache_dir": False,
+                             "workspace_bytes": False, "opt_batch_size": False}},
 }
-CONFIG_REQUIRED = {"name", "version", "model_file", "labels_file"}
+FALLBACK_TRT_CACHE = "/tmp/wrn-trt-cache"
 
 # The server's flags as the team conventions give them, used when src/cli.rs is not there.
 FALLBACK_FLAGS = {
@@ -203,6 +212,69 @@ def cli_flags() -> tuple[dict, str]:
     return table, "src/cli.rs"
 
 
+@functools.lru_cache(maxsize=None)
+def config_schema() -> tuple[dict, str, str]:
+    """The keys config.toml may have, from the server's serde structs in src/config.rs
+    (every struct there denies unknown fields), else the fallback table; and the default
+    TensorRT cache directory."""
+    src = REPO / "src" / "config.rs"
+    if not src.is_file():
+        return FALLBACK_CONFIG, FALLBACK_TRT_CACHE, "team conventions (src/config.rs not found)"
+    text = src.read_text()
+    structs: dict[str, dict[str, tuple[str, bool]]] = {}
+    current, has_default = None, False
+    for line in text.splitlines():
+        t = line.strip()
+        m = re.match(r"pub struct (\w+)\s*\{", t)
+        if m:
+            current, has_default = m.group(1), False
+            structs[current] = {}
+            continue
+        if current is None:
+            continue
+        if t == "}":
+            current = None
+            continue
+        if t.startswith("#[serde(") and "default" in t:
+            has_default = True
+            continue
+        m = re.match(r"pub (\w+):\s*(.+?),?$", t)
+        if m:
+            ty = m.group(2).strip()
+            structs[current][m.group(1)] = (ty, has_default or ty.startswith("Option<"))
+            has_default = False
+
+    def table(name: str, required: bool) -> dict:
+        out: dict = {"?": required}
+        for field, (ty, optional) in structs.get(name, {}).items():
+            out[field] = table(ty, not optional) if ty in structs else (not optional)
+        return out
+
+    m = re.search(r'fn default_trt_cache\(\)[^{]*\{\s*"([^"]+)"', text)
+    trt_cache = m.group(1) if m else FALLBACK_TRT_CACHE
+    if "ModelConfig" not in structs:
+        return FALLBACK_CONFIG, trt_cache, "team conventions (no ModelConfig in src/config.rs)"
+    return table("ModelConfig", True), trt_cache, "src/config.rs"
+
+
+def config_problems(cfg: dict, schema: dict, prefix: str = "") -> list[str]:
+    """Unknown keys and missing required keys of cfg against schema, as dotted paths."""
+    problems = []
+    for k, v in cfg.items():
+        if k not in schema or k == "?":
+            problems.append(f"unknown {prefix}{k}")
+        elif isinstance(schema[k], dict):
+            if isinstance(v, dict):
+                problems += config_problems(v, schema[k], f"{prefix}{k}.")
+            else:
+                problems.append(f"{prefix}{k} must be a table")
+    for k, sub in schema.items():
+        required = sub is True or (isinstance(sub, dict) and sub.get("?") is True)
+        if k != "?" and required and k not in cfg:
+            problems.append(f"missing {prefix}{k}")
+    return problems
+
+
 def parse_flags(argv: list[str], known: dict, report: Report, where: str) -> dict[str, str]:
     """`--name=value`, `--name value` or a bare boolean `--name` -> {name: value}."""
     out: dict[str, str] = {}
@@ -253,8 +325,6 @@ def matches(selector: dict, labels: dict) -> bool:
 
 def _kubernetes_validate():
     """The package, with its schema file reads memoised (it re-reads ~1 MB of JSON per object)."""
-    import functools
-
     import kubernetes_validate as kv
     import kubernetes_validate.utils as kvu
 
@@ -360,18 +430,16 @@ def check_probe(report: Report, where: str, c: dict, kind: str, services: set) -
     return p
 
 
-def check_config_toml(report: Report, where: str, text: str, gpu: bool) -> dict:
+def check_config_toml(report: Report, where: str, text: str, gpu: bool, schema: dict) -> dict:
     try:
         cfg = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         report.check(f"{where}: config.toml parses", False, str(e))
         return {}
     report.check(f"{where}: config.toml parses", True)
-    report.check(f"{where}: config.toml has {sorted(CONFIG_REQUIRED)}", CONFIG_REQUIRED <= set(cfg))
-    unknown = set(cfg) - CONFIG_KEYS[None]
-    for table in ("preprocess", "batching", "runtime"):
-        unknown |= {f"{table}.{k}" for k in cfg.get(table, {})} - {f"{table}.{k}" for k in CONFIG_KEYS[table]}
-    report.check(f"{where}: config.toml has no unknown keys", not unknown, str(sorted(unknown)))
+    problems = config_problems(cfg, schema)
+    report.check(f"{where}: config.toml keys are the server's (none unknown, none missing)",
+                 not problems, "; ".join(problems))
     eps = cfg.get("runtime", {}).get("execution_providers", [])
     report.check(f"{where}: config.toml execution_providers valid",
                  bool(eps) and set(eps) <= PROVIDERS and len(set(eps)) == len(eps), str(eps))
@@ -531,7 +599,9 @@ def check_server(report: Report, name: str, role: str, docs: list[dict], flags: 
         cm = one(docs, "ConfigMap", cm_name)
         report.check(f"ConfigMap {cm_name} is part of the render", cm is not None)
         if cm:
-            cfg = check_config_toml(report, f"ConfigMap {cm_name}", cm.get("data", {}).get("config.toml", ""), gpu)
+            schema, trt_default, _ = config_schema()
+            cfg = check_config_toml(report, f"ConfigMap {cm_name}", cm.get("data", {}).get("config.toml", ""),
+                                    gpu, schema)
             if cfg:
                 want = f"{models_dir}/{cfg.get('name')}/config.toml"
                 report.check(f"config.toml mounted at <models-dir>/<name>/config.toml", m["mountPath"] == want,
@@ -539,6 +609,20 @@ def check_server(report: Report, name: str, role: str, docs: list[dict], flags: 
                 report.check(f"--default-model {default_model} is the configured model",
                              cfg.get("name") == default_model, str(cfg.get("name")))
                 report.check("config mount read-only", m.get("readOnly") is True)
+                rt = cfg.get("runtime", {})
+                if "tensorrt" in rt.get("execution_providers", []) or "tensorrt" in eps_list:
+                    cache = rt.get("tensorrt", {}).get("cache_dir", trt_default)
+                    under = [mp for mp in mounts if cache == mp or cache.startswith(mp.rstrip("/") + "/")]
+                    mnt = mounts[max(under, key=len)] if under else None
+                    vol = vols.get(mnt["name"], {}) if mnt else {}
+                    size = str((vol.get("emptyDir") or {}).get("sizeLimit", ""))
+                    gi = re.fullmatch(r"(\d+)(Gi|Ti)", size)
+                    big = "persistentVolumeClaim" in vol or (
+                        "emptyDir" in vol and (not size or (gi is not None and (gi.group(2) == "Ti" or int(gi.group(1)) >= 2))))
+                    # An engine per model and profile (a few hundred MB for WRN-50-2), more after upgrades.
+                    report.check(f"TensorRT cache {cache} is on a writable volume of >= 2Gi",
+                                 mnt is not None and mnt.get("readOnly") is not True and big,
+                                 f"mount={mnt and mnt['mountPath']} volume={vol}")
 
     # GPU or CPU
     res = c.get("resources") or {}
@@ -746,6 +830,10 @@ MUTATIONS = [
      lambda d: _set_toml(d, "[batching]", "[batching]\nmax_batch = 8")),
     ("gpu", "config.toml for another model than the mount path",
      lambda d: _set_toml(d, 'name = "wide_resnet50_2"', 'name = "wide_resnet101_2"')),
+    ("gpu", "TensorRT engine cache on the small /tmp volume",
+     lambda d: _set_toml(d, 'cache_dir = "/var/cache/wrn"', 'cache_dir = "/tmp/trt"')),
+    ("gpu", "config.toml missing a required key",
+     lambda d: _set_toml(d, "crop = 224\n", "")),
     ("gpu", "fixed replicas fighting the HPA",
      lambda d: one(d, "Deployment", "wrn")["spec"].__setitem__("replicas", 3)),
     ("gpu", "ServiceMonitor on a port the Service lacks",
@@ -826,7 +914,7 @@ def main() -> int:
 
     report = Report(a.verbose)
     flags, source = cli_flags()
-    print(f"server flags from {source}")
+    print(f"server flags from {source}; model config keys from {config_schema()[2]}")
     facts = {}
     for n, _, role in TARGETS:
         path = a.rendered / f"{n}.yaml"

@@ -11,9 +11,24 @@ CIFAR-style WRN-d-k family (wrn-16-4, wrn-28-10, ...; 32x32 input; models/wrn_ci
 
 Weights: --weights IMAGENET1K_V2 loads torchvision's pretrained weights (needs the download or a
 cached copy in ~/.cache/torch/hub); --weights-file loads a local state_dict; otherwise the model
-gets its seeded random init (torch.manual_seed(seed), then the model's own initialisation), which
-is deterministic and what every test uses. The export is checked against PyTorch with
-onnxruntime on a random batch of 2 (fails above 1e-3 max abs diff).
+gets seeded random weights, which is what every test uses:
+
+  --init calibrated (default): torch.manual_seed(seed), the model's own initialisation
+      (torchvision's for the ImageNet WRNs), then a deterministic calibration on a fixed batch of
+      scikit-image sample photos (bundled, no download): the BatchNorm running statistics are set
+      to that batch's statistics, and the final fc layer is rescaled and re-biased so the logits
+      over the batch have zero mean per class and standard deviation 2. The raw torchvision init
+      is unusable for tests: BN running stats of 0/1 let the residual stream grow with depth
+      (max |logit| ~80 for WRN-50-2, ~1e5 for WRN-101-2, where float32 rounding alone exceeds the
+      1e-3 check) and one common direction dominates, so every photo gets the same top-5.
+      Calibrated, different photos get different, well-separated top-k answers.
+  --init torchvision: the raw initialisation only (weights label "... init=torchvision").
+
+The export is checked against PyTorch with onnxruntime on a random batch of 2: it fails when the
+max abs diff exceeds 1e-3 AND the diff relative to the largest |logit| exceeds 1e-4. (A random
+WRN-101-2 amplifies float32 rounding: PyTorch and onnxruntime differ by up to ~9e-4 on logits of
+magnitude ~60, a relative 1.4e-5, which is rounding, not an export error; a wrong graph is off by
+whole percents.)
 
 Examples:
     python models/export.py --arch wide_resnet50_2 --random-init --seed 0
@@ -44,7 +59,13 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_SEED = 0
-TOLERANCE = 1e-3
+TOLERANCE = 1e-3        # max abs diff PyTorch vs onnxruntime ...
+REL_TOLERANCE = 1e-4    # ... unless small relative to the largest |logit|
+LOGIT_STD = 2.0  # target spread of calibrated logits (pretrained ImageNet models are of this order)
+# Bundled scikit-image samples used to calibrate random-init models (a superset of models/photos).
+CALIBRATION_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
+                      "immunohistochemistry", "coins", "stereo_motorcycle", "colorwheel", "brick",
+                      "grass", "gravel", "clock", "moon", "page")
 METADATA_KEY = "wrn.export"  # ONNX metadata_props entry recording how the file was made
 
 
@@ -61,6 +82,7 @@ class Spec:
     weights: str | None            # torchvision weights name, or None for random init
     weights_file: str | None
     seed: int
+    init: str                      # calibrated | torchvision (random init only)
     num_classes: int
     dropout: float
     opset: int
@@ -79,11 +101,14 @@ class Spec:
     def weights_label(self) -> str:
         if self.weights_file:
             return f"{self.weights or 'file'} ({Path(self.weights_file).name})"
-        return self.weights if self.weights else f"random-init seed={self.seed}"
+        if self.weights:
+            return self.weights
+        return f"random-init seed={self.seed}" + ("" if self.init == "calibrated" else f" init={self.init}")
 
     def provenance(self) -> dict:
         return {
             "arch": self.arch, "weights": self.weights_label, "seed": self.seed,
+            "init": "pretrained" if (self.weights or self.weights_file) else self.init,
             "num_classes": self.num_classes, "dropout": self.dropout, "opset": self.opset,
             "format": 1,
         }
@@ -149,7 +174,7 @@ def make_spec(args: argparse.Namespace, arch: str | None = None, seed: int | Non
         resize, crop, mean, std, max_batch = 32, 32, CIFAR10_MEAN, CIFAR10_STD, 64
     if args.name:
         name = args.name
-    return Spec(arch=arch, name=name, weights=args.weights, weights_file=args.weights_file, seed=seed,
+    return Spec(arch=arch, name=name, weights=args.weights, weights_file=args.weights_file, seed=seed, init=args.init,
                 num_classes=num_classes, dropout=args.dropout, opset=args.opset, resize=resize, crop=crop,
                 mean=mean, std=std, max_batch_size=max_batch, labels=labels)
 
@@ -261,7 +286,65 @@ def build_model(spec: Spec):
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ExportError(f"--weights-file {spec.weights_file} does not fit {spec.arch}: {e}") from e
+    elif not spec.weights and spec.init == "calibrated":
+        calibrate(model, spec)
     return model.eval()
+
+
+def calibration_batch(spec: Spec):
+    """Seeded, deterministic batch: each calibration image once with the eval transform and once
+    as a random resized crop (with flip), normalised like the model's inputs."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    norm = [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
+    center = transforms.Compose([transforms.Resize(spec.resize, interpolation=InterpolationMode.BILINEAR),
+                                 transforms.CenterCrop(spec.crop), *norm])
+    augment = transforms.Compose([transforms.RandomResizedCrop(spec.crop, scale=(0.25, 1.0)),
+                                  transforms.RandomHorizontalFlip(), *norm])
+    torch.manual_seed(spec.seed + 1)  # the random crops
+    views = []
+    for name in CALIBRATION_IMAGES:
+        arr = getattr(data, name)()
+        if isinstance(arr, tuple):  # stereo_motorcycle: (left, right, disparity)
+            arr = arr[0]
+        img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+        views += [center(img), augment(img)]
+    return torch.stack(views)
+
+
+def calibrate(model, spec: Spec) -> None:
+    """Set BN running stats from a photo batch and standardise the logits (see --init)."""
+    import torch
+    from torch import nn
+
+    x = calibration_batch(spec)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    for bn in bns:  # only BN in train mode: dropout stays off
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+        bn.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+    fc = model.fc
+    captured = {}
+    hook = fc.register_forward_hook(lambda _m, inputs, _out: captured.__setitem__("f", inputs[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    with torch.no_grad():
+        logits = fc(captured["f"])
+        mu = logits.mean(dim=0)
+        scale = LOGIT_STD / float((logits - mu).std())
+        fc.weight.mul_(scale)
+        fc.bias.copy_((fc.bias - mu) * scale)
 
 
 def export_onnx(model, spec: Spec, path: Path) -> None:
@@ -298,7 +381,8 @@ def export_onnx(model, spec: Spec, path: Path) -> None:
 
 
 def verify(model, spec: Spec, path: Path, threads: int) -> float:
-    """Max abs diff between PyTorch and onnxruntime on a random batch of 2; also checks batch 1 and 3 run."""
+    """Max abs diff between PyTorch and onnxruntime on a random batch of 2; also checks that the
+    names, the dynamic batch axis, and batches of 1 and 3 work."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -321,14 +405,17 @@ def verify(model, spec: Spec, path: Path, threads: int) -> float:
     got = sess.run(["logits"], {"input": x.numpy()})[0]
     diff = float(np.max(np.abs(ref - got)))
     scale = float(np.max(np.abs(ref)))
-    print(f"  verify: batch 2 max abs diff {diff:.3e} (max |logit| {scale:.3g}, tolerance {TOLERANCE:g})")
+    rel = diff / max(scale, 1e-12)
+    print(f"  verify: onnxruntime vs PyTorch on a random batch of 2: max abs diff {diff:.3e}, "
+          f"relative {rel:.2e} (max |logit| {scale:.3g}; limits {TOLERANCE:g} abs or {REL_TOLERANCE:g} rel)")
     for n in (1, 3):
         y = sess.run(["logits"], {"input": np.zeros((n, 3, spec.crop, spec.crop), np.float32)})[0]
         assert y.shape == (n, spec.num_classes), y.shape
     if not np.isfinite(got).all():
         raise ExportError("onnxruntime produced non-finite logits")
-    if diff > TOLERANCE:
-        raise ExportError(f"onnxruntime differs from PyTorch by {diff:.3e} > {TOLERANCE:g}; not keeping {path}")
+    if diff > TOLERANCE and rel > REL_TOLERANCE:
+        raise ExportError(f"onnxruntime differs from PyTorch by {diff:.3e} (relative {rel:.2e}) > {TOLERANCE:g} "
+                          f"(relative {REL_TOLERANCE:g}); not keeping {path}")
     return diff
 
 
@@ -337,9 +424,9 @@ def export(spec: Spec, out: Path, threads: int) -> None:
 
     torch.set_num_threads(threads)
     t0 = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
     print(f"exporting {spec.arch} ({spec.weights_label}, {spec.num_classes} classes, opset {spec.opset}) -> {out}")
     model = build_model(spec)
+    out.mkdir(parents=True, exist_ok=True)
     params = sum(p.numel() for p in model.parameters())
     model_path = out / "model.onnx"
     try:
@@ -370,6 +457,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights-file", help="local state_dict (.pth) to load; with --weights NAME the name "
                    "picks the preprocessing (e.g. a downloaded IMAGENET1K_V1 file)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for the random init (default 0)")
+    p.add_argument("--init", choices=("calibrated", "torchvision"), default="calibrated",
+                   help="random init: calibrated (default; BN stats + logit scale from sample photos) "
+                   "or the raw torchvision initialisation")
     p.add_argument("--num-classes", type=int, help="output classes (default 1000 ImageNet, 10 CIFAR)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between the convs of a WRN-D-K block "
                    "(inactive in the exported eval graph)")

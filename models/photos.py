@@ -2,8 +2,9 @@
 """Write the test photos (public-domain scikit-image samples) into models/photos/.
 
 Real photographs, so top-k answers and preprocessing differences are meaningful, in the shapes a
-server meets: landscape and portrait, odd sizes, greyscale, RGBA, JPEG and PNG, and one JPEG whose
-pixels are stored rotated with an EXIF Orientation tag (upright only after exif_transpose).
+server meets: landscape and portrait, odd sizes, greyscale, RGBA, JPEG (quality 95, 4:4:4) and
+PNG, and one JPEG whose pixels are stored rotated with an EXIF Orientation tag (upright only after
+exif_transpose; being re-encoded, its pixels are close to but not identical with chelsea.jpg).
 
     python models/photos.py --out models/photos [--force]
 
@@ -56,7 +57,9 @@ def save(arr: np.ndarray, path: Path, exif_orientation: int | None = None) -> Im
     if path.suffix == ".jpg":
         if img.mode == "RGBA":
             img = img.convert("RGB")
-        kwargs = {"quality": JPEG_QUALITY}
+        # 4:4:4 (no chroma subsampling): decoders then differ only in IDCT rounding, not in
+        # their chroma upsampling, so PIL's reference and the server's decoder stay within +-1.
+        kwargs = {"quality": JPEG_QUALITY, "subsampling": 0}
         if exif_orientation is not None:
             exif = Image.Exif()
             exif[EXIF_ORIENTATION] = exif_orientation

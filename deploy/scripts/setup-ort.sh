@@ -20,14 +20,16 @@
 # metadata names these PyPI runtime wheels (extras "cuda" and "cudnn"):
 #   nvidia-cuda-nvrtc~=13.0  nvidia-cuda-runtime~=13.0  nvidia-cufft~=12.0
 #   nvidia-curand~=10.0      nvidia-cudnn-cu13~=9.0
-# libonnxruntime_providers_cuda.so also links libcublas.so.13/libcublasLt.so.13 (nvidia-cublas~=13.0,
-# pulled in by nvidia-cudnn-cu13 too). The NVIDIA driver (libcuda.so.1) must come from the host.
-# --with-cuda-runtime pip-installs those wheels into .ort/gpu/site (about 3 GB) and writes
-# .ort/gpu/env.sh, which puts their lib directories on LD_LIBRARY_PATH.
+# libonnxruntime_providers_cuda.so also links libcublas.so.13/libcublasLt.so.13 (nvidia-cublas, not
+# named in the metadata but needed). The NVIDIA driver (libcuda.so.1) must come from the host.
+# --with-cuda-runtime pip-installs those wheels (pinned below; about 2 GB) into .ort/gpu/site and
+# writes .ort/gpu/env.sh, which puts their lib directories on LD_LIBRARY_PATH (the CUDA 13 wheels
+# use site/nvidia/cu13/lib and site/nvidia/cudnn/lib). The torch venv does NOT cover this:
+# it has no libcurand.
 #
 # TensorRT: libonnxruntime_providers_tensorrt.so links libnvinfer.so.10 and libnvonnxparser.so.10,
-# i.e. TensorRT 10.x for CUDA 13 = tensorrt-cu13-libs==10.16.1.11 (TensorRT 11 has a new soname and
-# does NOT work with this ORT). On PyPI that package is an NVIDIA "wheel_stub" sdist that fetches
+# i.e. TensorRT 10.x for CUDA 13 = tensorrt-cu13-libs==10.16.1.11 (the newest 10.x; TensorRT 11.x is
+# a new major version and does not provide the .so.10 libraries this ORT build links). On PyPI that package is an NVIDIA "wheel_stub" sdist that fetches
 # the real wheel from https://pypi.nvidia.com at install time, so --with-tensorrt needs that host
 # to be reachable (it is not in the wrn build sandbox). It also installs into .ort/gpu/site.
 #
@@ -41,10 +43,14 @@ CPU_SHA256="5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"   
 GPU_WHEEL="onnxruntime_gpu-${ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl"
 GPU_SHA256="e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6"   # 255.6 MB
 
+# Exact versions inside the ranges the onnxruntime-gpu metadata allows (resolved 2026-12-03), so a
+# rebuild gets the same libraries; override with WRN_CUDA_WHEELS="pkg==ver ..." if a driver needs it.
 CUDA_RUNTIME_WHEELS=(
-  "nvidia-cuda-nvrtc~=13.0" "nvidia-cuda-runtime~=13.0" "nvidia-cufft~=12.0"
-  "nvidia-curand~=10.0" "nvidia-cudnn-cu13~=9.0" "nvidia-cublas~=13.0"
+  "nvidia-cuda-nvrtc==13.5.37" "nvidia-cuda-runtime==13.5.37" "nvidia-cufft==12.5.0.14"
+  "nvidia-curand==10.4.5.25" "nvidia-cudnn-cu13==9.28.1.4" "nvidia-cublas==13.10.0.20"
+  "nvidia-nvjitlink==13.5.37"
 )
+if [[ -n "${WRN_CUDA_WHEELS:-}" ]]; then read -r -a CUDA_RUNTIME_WHEELS <<< "$WRN_CUDA_WHEELS"; fi
 TENSORRT_WHEELS=("tensorrt-cu13-libs==10.16.1.11")
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -65,7 +71,7 @@ for arg in "$@"; do
     --with-cuda-runtime) WITH_CUDA=1 ;;
     --with-tensorrt) WITH_TRT=1 ;;
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) log "unknown argument '$arg' (usage: setup-ort.sh [cpu|gpu] [--with-cuda-runtime] [--with-tensorrt] [--force])"; exit 2 ;;
   esac
 done

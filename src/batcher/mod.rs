@@ -314,3 +314,277 @@ fn worker<R: Runner>(
     }
     ready.decrement(1.0);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Logits of each image are `[first input value, batch size]`; every batch is logged.
+    /// With a gate, each batch waits for one permit before it runs.
+    struct Fake {
+        log: Arc<Mutex<Vec<Vec<f32>>>>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+        fail_on: Option<f32>,
+    }
+
+    impl Runner for Fake {
+        fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+            if let Some(g) = &self.gate {
+                g.recv().map_err(|_| "gate closed".to_string())?;
+            }
+            let firsts: Vec<f32> = input
+                .chunks_exact(input.len() / batch)
+                .map(|c| c[0])
+                .collect();
+            self.log.lock().unwrap().push(firsts.clone());
+            if self.fail_on.is_some_and(|f| firsts.contains(&f)) {
+                return Err("boom".into());
+            }
+            Ok(firsts.iter().flat_map(|&f| [f, batch as f32]).collect())
+        }
+        fn provider(&self) -> &str {
+            "cpu"
+        }
+    }
+
+    fn settings(max_batch: usize, delay_ms: u64, cap: usize) -> Settings {
+        Settings {
+            model: "fake".into(),
+            max_batch_size: max_batch,
+            max_queue_delay: Duration::from_millis(delay_ms),
+            queue_capacity: cap,
+            slot_len: 4,
+            num_classes: 2,
+        }
+    }
+
+    fn fake(
+        gated: bool,
+    ) -> (
+        Fake,
+        Arc<Mutex<Vec<Vec<f32>>>>,
+        Option<std::sync::mpsc::Sender<()>>,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = Fake {
+            log: log.clone(),
+            gate: gated.then_some(rx),
+            fail_on: None,
+        };
+        (f, log, gated.then_some(tx))
+    }
+
+    fn img(v: f32) -> Vec<f32> {
+        vec![v; 4]
+    }
+
+    fn metrics() -> ModelMetrics {
+        ModelMetrics::new("fake", "1")
+    }
+
+    #[tokio::test]
+    async fn images_of_a_request_come_back_in_order_even_across_batches() {
+        let (f, log, _) = fake(false);
+        let h = spawn(settings(2, 0, 64), vec![f], metrics());
+        let rxs = h
+            .submit((0..5).map(|i| img(i as f32)).collect(), None)
+            .unwrap();
+        let mut got = Vec::new();
+        for rx in rxs {
+            got.push(rx.await.unwrap().unwrap()[0]);
+        }
+        assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        let batches = log.lock().unwrap().clone();
+        assert!(
+            batches.iter().all(|b| b.len() <= 2),
+            "max batch respected: {batches:?}"
+        );
+        assert!(
+            batches.len() >= 3,
+            "five images need at least three batches of two: {batches:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn load_forms_full_batches_while_the_instance_is_busy() {
+        let (f, log, gate) = fake(true);
+        let gate = gate.unwrap();
+        let h = spawn(settings(4, 0, 64), vec![f], metrics());
+        let first = h.submit(vec![img(100.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the worker now holds [100]
+        let rest = h
+            .submit((0..8).map(|i| img(i as f32)).collect(), None)
+            .unwrap();
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        first.into_iter().next().unwrap().await.unwrap().unwrap();
+        for rx in rest {
+            rx.await.unwrap().unwrap();
+        }
+        let batches = log.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![
+                vec![100.0],
+                vec![0.0, 1.0, 2.0, 3.0],
+                vec![4.0, 5.0, 6.0, 7.0]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_rejects_at_once_with_resource_exhausted() {
+        let (f, _log, gate) = fake(true);
+        let gate = gate.unwrap();
+        let h = spawn(settings(1, 0, 3), vec![f], metrics());
+        let a = h.submit(vec![img(1.0), img(2.0), img(3.0)], None).unwrap();
+        let err = h.submit(vec![img(4.0)], None).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.to_string().contains("queue is full"), "{err}");
+        let too_big = h
+            .submit((0..4).map(|i| img(i as f32)).collect(), None)
+            .unwrap_err();
+        assert_eq!(too_big.code(), tonic::Code::ResourceExhausted);
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        for rx in a {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(h.depth(), 0, "depth returns to zero");
+        gate.send(()).unwrap();
+        let b = h.submit(vec![img(5.0)], None).unwrap();
+        b.into_iter().next().unwrap().await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_fires_on_its_timer_and_the_work_never_runs() {
+        let (f, log, gate) = fake(true);
+        let gate = gate.unwrap();
+        let h = spawn(settings(4, 0, 64), vec![f], metrics());
+        let busy = h.submit(vec![img(1.0)], None).unwrap();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = tokio::time::Instant::now();
+        let deadline = now() + Duration::from_millis(100);
+        let late = h.submit(vec![img(2.0)], Some(deadline)).unwrap();
+        let r = late.into_iter().next().unwrap().await.unwrap();
+        let waited = start.elapsed();
+        assert_eq!(r.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_millis(200),
+            "fired at {waited:?}"
+        );
+        gate.send(()).unwrap();
+        busy.into_iter().next().unwrap().await.unwrap().unwrap();
+        assert_eq!(
+            log.lock().unwrap().clone(),
+            vec![vec![1.0]],
+            "expired work never reached the model"
+        );
+        assert_eq!(h.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_callers_are_skipped() {
+        let (f, log, gate) = fake(true);
+        let gate = gate.unwrap();
+        let h = spawn(settings(4, 0, 64), vec![f], metrics());
+        let busy = h.submit(vec![img(1.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let gone = h.submit(vec![img(2.0), img(3.0)], None).unwrap();
+        drop(gone); // the client went away
+        let kept = h.submit(vec![img(4.0)], None).unwrap();
+        gate.send(()).unwrap();
+        gate.send(()).unwrap();
+        busy.into_iter().next().unwrap().await.unwrap().unwrap();
+        kept.into_iter().next().unwrap().await.unwrap().unwrap();
+        let batches = log.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![vec![1.0], vec![4.0]],
+            "cancelled images never ran: {batches:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_delay_waits_for_a_fuller_batch_but_not_past_the_delay() {
+        let (f, log, _) = fake(false);
+        let h = spawn(settings(4, 10, 64), vec![f], metrics());
+        let start = tokio::time::Instant::now();
+        let a = h.submit(vec![img(1.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let b = h.submit(vec![img(2.0)], None).unwrap();
+        let ra = a.into_iter().next().unwrap().await.unwrap().unwrap();
+        let rb = b.into_iter().next().unwrap().await.unwrap().unwrap();
+        assert_eq!((ra[1], rb[1]), (2.0, 2.0), "both ran in one batch of two");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(10) && waited < Duration::from_millis(15),
+            "{waited:?}"
+        );
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_never_waits_for_the_delay() {
+        // Real clock: with a 5 s delay, a full batch must go long before the delay is up.
+        let (f, log, _) = fake(false);
+        let h = spawn(settings(4, 5000, 64), vec![f], metrics());
+        let start = Instant::now();
+        let full = h
+            .submit((0..4).map(|i| img(10.0 + i as f32)).collect(), None)
+            .unwrap();
+        for rx in full {
+            rx.await.unwrap().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            log.lock().unwrap().clone(),
+            vec![vec![10.0, 11.0, 12.0, 13.0]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_fails_only_its_own_entries_and_work_continues() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let f = Fake {
+            log: log.clone(),
+            gate: None,
+            fail_on: Some(13.0),
+        };
+        let h = spawn(settings(1, 0, 64), vec![f], metrics());
+        let bad = h.submit(vec![img(13.0)], None).unwrap();
+        let good = h.submit(vec![img(14.0)], None).unwrap();
+        let e = bad.into_iter().next().unwrap().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert_eq!(
+            good.into_iter().next().unwrap().await.unwrap().unwrap()[0],
+            14.0
+        );
+    }
+
+    #[tokio::test]
+    async fn work_spreads_over_instances() {
+        let (f1, log1, g1) = fake(true);
+        let (f2, log2, g2) = fake(true);
+        let h = spawn(settings(1, 0, 64), vec![f1, f2], metrics());
+        let rxs = h.submit(vec![img(1.0), img(2.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g1.unwrap().send(()).unwrap();
+        g2.unwrap().send(()).unwrap();
+        for rx in rxs {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(log1.lock().unwrap().len(), 1, "each instance ran one batch");
+        assert_eq!(log2.lock().unwrap().len(), 1);
+    }
+}

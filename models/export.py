@@ -22,7 +22,7 @@ gets seeded random weights, which is what every test uses:
       (max |logit| ~80 for WRN-50-2, ~1e5 for WRN-101-2, where float32 rounding alone exceeds the
       1e-3 check) and one common direction dominates, so every photo gets the same top-5.
       Calibrated, different photos get different, well-separated top-k answers.
-  --init torchvision: the raw initialisation only (weights label "... init=torchvision").
+  --init raw: the model's own initialisation only, uncalibrated (weights label "... init=raw").
 
 The export is checked against PyTorch with onnxruntime on a random batch of 2: it fails when the
 max abs diff exceeds 1e-3 AND the diff relative to the largest |logit| exceeds 1e-4. (A random
@@ -82,7 +82,7 @@ class Spec:
     weights: str | None            # torchvision weights name, or None for random init
     weights_file: str | None
     seed: int
-    init: str                      # calibrated | torchvision (random init only)
+    init: str                      # calibrated | raw (random init only)
     num_classes: int
     dropout: float
     opset: int
@@ -470,9 +470,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights-file", help="local state_dict (.pth) to load; with --weights NAME the name "
                    "picks the preprocessing (e.g. a downloaded IMAGENET1K_V1 file)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for the random init (default 0)")
-    p.add_argument("--init", choices=("calibrated", "torchvision"), default="calibrated",
+    p.add_argument("--init", choices=("calibrated", "raw"), default="calibrated",
                    help="random init: calibrated (default; BN stats + logit scale from sample photos) "
-                   "or the raw torchvision initialisation")
+                   "or raw: the model's own initialisation (torchvision's for the ImageNet WRNs)")
     p.add_argument("--num-classes", type=int, help="output classes (default 1000 ImageNet, 10 CIFAR)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between the convs of a WRN-D-K block "
                    "(inactive in the exported eval graph)")

@@ -512,6 +512,11 @@ def check_server(report: Report, name: str, role: str, docs: list[dict], flags: 
                  port_of(effective("metrics-addr")) == METRICS_PORT
                  and not str(effective("metrics-addr")).startswith("127."), str(effective("metrics-addr")))
     report.check(f"{where}: metrics are on", effective("no-metrics") in (None, "false"))
+    # The kubelet's gRPC probes speak plaintext and send no credentials.
+    report.check(f"{where}: gRPC in plaintext (kubelet gRPC probes cannot do TLS)",
+                 effective("tls-cert") is None, str(effective("tls-cert")))
+    report.check(f"{where}: health checks need no token (kubelet probes send none)",
+                 effective("auth-health") in (None, "false"), str(effective("auth-health")))
     drain = effective("drain-timeout-secs")
     report.check(f"{where}: drain timeout is a whole number of seconds",
                  drain is not None and str(drain).isdigit(), str(drain))
@@ -813,6 +818,8 @@ MUTATIONS = [
      lambda d: _wrn(d)["args"].__setitem__(3, "--adress=0.0.0.0:50051")),
     ("gpu", "gRPC listening on another port",
      lambda d: _wrn(d)["args"].__setitem__(3, "--addr=0.0.0.0:8500")),
+    ("gpu", "health behind the bearer token",
+     lambda d: _wrn(d)["env"].append({"name": "WRN_AUTH_HEALTH", "value": "true"})),
     ("gpu", "an env var the server does not read",
      lambda d: _wrn(d)["env"].append({"name": "WRN_DRAIN_TIMEOUT", "value": "30"})),
     ("gpu", "metrics container port moved",

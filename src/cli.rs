@@ -18,7 +18,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "WRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Log level filter (overridden by RUST_LOG when set), e.g. `info` or `wrn=debug`.
-    #[arg(long, global = true, env = "WRN_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "WRN_LOG_LEVEL",
+        default_value = "info,ort=warn"
+    )]
     pub log_level: String,
 }
 

@@ -59,6 +59,12 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Error
             ));
         }
     };
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        // PIL refuses these ("image file is truncated"); some decoders silently pad them.
+        return Err(Error::invalid(
+            "JPEG data is truncated (no end-of-image marker after the scan data)",
+        ));
+    }
     let mut reader = reader;
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
@@ -84,6 +90,33 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Error
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
     img.apply_orientation(orientation);
     Ok(to_rgb8(img))
+}
+
+/// True when a JPEG's scan data is followed by an end-of-image marker. Inside entropy-
+/// coded data 0xFF is always stuffed or a restart marker, so FF D9 after the first
+/// start-of-scan can only be the real EOI (an EXIF thumbnail's EOI comes before it).
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA {
+            break;
+        }
+        if (0xD0..=0xD9).contains(&marker) || marker == 0x01 {
+            i += 2;
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        i += 2 + len;
+    }
+    i < bytes.len() && bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
@@ -144,6 +177,22 @@ mod tests {
         let png = encode(&img, ImageFormat::Png);
         let e = decode_rgb(&png[..png.len() / 2], &DecodeLimits::default()).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn truncated_jpeg_is_invalid_but_whole_one_decodes() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([x as u8 * 3, y as u8 * 5, 7])
+        }));
+        let jpg = encode(&img, ImageFormat::Jpeg);
+        assert!(decode_rgb(&jpg, &DecodeLimits::default()).is_ok());
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(b"trailing bytes after EOI are tolerated");
+        assert!(decode_rgb(&trailing, &DecodeLimits::default()).is_ok());
+        let e = decode_rgb(&jpg[..jpg.len() - 40], &DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
     }
 
     #[test]

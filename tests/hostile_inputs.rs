@@ -363,9 +363,15 @@ async fn bad_images_never_fail_a_good_neighbour() {
                     good_ok += 1;
                 }
                 Some(e) => {
+                    // The exact code is every_corpus_file_gets_its_exact_outcome's business;
+                    // here a bad image must just be refused as the client's fault.
                     let s = result.expect_err(&format!("round {round}: {} was accepted", e.file));
-                    check_status(&s, &e.expect, e.message_contains.as_deref())
-                        .unwrap_or_else(|why| panic!("round {round}: {}: {why}", e.file));
+                    assert!(
+                        matches!(s.code(), Code::InvalidArgument | Code::ResourceExhausted)
+                            && !s.message().is_empty(),
+                        "round {round}: {}: {s:?}",
+                        e.file
+                    );
                 }
             }
         }

@@ -9,12 +9,12 @@
 #      wrn_16_4 with seeded weights, photos, torchvision/onnxruntime reference outputs);
 #   3. Python unit tests: python -m unittest discover -s tests/python;
 #   4. Rust: WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked (a missing asset fails);
-#   5. observability: deploy/grafana and deploy/prometheus against src/metrics.rs and the README
-#      (tests/python/check_alerts.py), and `promtool check rules` + `promtool test rules` with
-#      promtool taken from Debian's prometheus package (apt-get download, unpacked into .cache;
-#      skipped with a warning where apt-get is not available);
-#   6. deployment: deploy/scripts/check-deploy.sh (kustomize, schemas, lints, invariants, and the
+#   5. deployment: deploy/scripts/check-deploy.sh (kustomize, schemas, lints, invariants, and the
 #      pod smoke test with the target/debug/wrn binary built in step 4);
+#   6. observability: deploy/grafana and deploy/prometheus against src/metrics.rs and the README
+#      (tests/python/check_alerts.py, with PyYAML from check-deploy's .cache/deploy-venv), and
+#      `promtool check rules` + `promtool test rules` with promtool taken from Debian's prometheus
+#      package (apt-get download, unpacked into .cache; skipped with a warning without apt-get);
 #   7. (--clippy or WRN_TEST_CLIPPY=1) cargo clippy --all-targets -- -D warnings.
 # Runs as root or as a user with sudo; needs no GPU. About 35-50 minutes on 2 cores from scratch.
 set -euo pipefail
@@ -83,7 +83,7 @@ promtool_checks() {
 }
 
 observability() {
-  "$PY" tests/python/check_alerts.py
+  "$ROOT/.cache/deploy-venv/bin/python" tests/python/check_alerts.py
   promtool_checks
 }
 
@@ -94,9 +94,9 @@ ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/cpu/libonnxruntime.so}"
 export ORT_DYLIB_PATH
 run_step "4 cargo test --all-targets (WRN_REQUIRE_TEST_ASSETS=1)" \
   env WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked
-run_step "5 dashboard and alert rules (check_alerts.py, promtool)" observability
-run_step "6 deployment checks (deploy/scripts/check-deploy.sh)" \
+run_step "5 deployment checks (deploy/scripts/check-deploy.sh)" \
   env WRN_BIN="$ROOT/target/debug/wrn" bash deploy/scripts/check-deploy.sh
+run_step "6 dashboard and alert rules (check_alerts.py, promtool)" observability
 if [[ "$CLIPPY" == 1 ]]; then
   run_step "7 cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets --locked -- -D warnings
 fi

@@ -21,6 +21,9 @@ compared against their own lossless RGB rendering. Lossy variants (JPEG re-encod
 YCCK JPEG, lossy WebP) carry "lossy": true and a PIL-measured mean absolute difference to the
 upright pixels; the Rust test decides what it asserts for them.
 
+With --max-side N the photo is first shrunk to fit N x N: the same corpus in small files,
+which is what the fuzzer (tests/fuzz) is seeded with.
+
 Must-reject files: zero bytes, random bytes, random bytes behind a JPEG or PNG signature,
 truncated JPEG and PNG, PNG headers declaring enormous sizes (valid IHDR CRC), a text file and
 an unsupported but valid format (PPM).
@@ -169,13 +172,15 @@ class Corpus:
         self.entries.append(entry)
 
 
-def build(photo: Path, out: Path) -> list[dict]:
+def build(photo: Path, out: Path, max_side: int | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
         if old.is_file():
             old.unlink()
     with Image.open(photo) as im:
         upright = ImageOps.exif_transpose(im).convert("RGB")
+    if max_side is not None:
+        upright.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     c = Corpus(out, upright)
     rgb = c.upright_rgb
     up = "upright.png"
@@ -296,8 +301,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--photo", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-side", type=int, default=None,
+                    help="shrink the photo first (small seeds for the fuzzer: tests/fuzz/README.md)")
     args = ap.parse_args()
-    entries = build(args.photo, args.out)
+    entries = build(args.photo, args.out, args.max_side)
     manifest = {"photo": args.photo.name, "reference": "upright.png", "entries": entries}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"make_corpus: {len(entries)} files in {args.out}")

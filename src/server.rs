@@ -36,6 +36,8 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The recorder must exist before any metric handle is created (model discovery makes them).
+    let metrics_handle = metrics_listener.as_ref().map(|_| crate::metrics::install());
     let repo = Arc::new(repository::discover(&args)?);
     info!(
         models = %repo.models.keys().cloned().collect::<Vec<_>>().join(","),
@@ -59,8 +61,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    if let Some(listener) = metrics_listener {
-        let handle = crate::metrics::install();
+    if let (Some(listener), Some(handle)) = (metrics_listener, metrics_handle) {
         info!(addr = %listener.local_addr()?, "metrics listening on /metrics");
         tokio::spawn(crate::metrics::serve(
             listener,
@@ -87,7 +88,9 @@ pub async fn run(
         .max_encoding_message_size(64 << 20);
 
     let addr = grpc.local_addr()?;
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().layer(tower::util::MapRequestLayer::new(
+        crate::service::stamp_arrival,
+    ));
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -33,6 +33,8 @@ pub struct ClassifierService {
 }
 
 const DEFAULT_TOP_K: u32 = 5;
+/// How much earlier than the client's deadline the server gives up (see `deadline`).
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 impl ClassifierService {
     pub fn new(repo: Arc<Repository>, limits: LimitArgs, draining: Arc<AtomicBool>) -> Self {
@@ -47,14 +49,27 @@ impl ClassifierService {
         }
     }
 
-    fn deadline(&self, metadata: &tonic::metadata::MetadataMap) -> Instant {
+    /// The request's deadline: the client's `grpc-timeout` or the server's limit, whichever
+    /// is shorter, counted from the call's arrival (before its body is read). tonic's
+    /// transport also arms a timer for `grpc-timeout` at arrival and answers CANCELLED when
+    /// it fires, so ours fires `DEADLINE_MARGIN` earlier: the client gets
+    /// DEADLINE_EXCEEDED from the server, never late.
+    fn deadline<T>(&self, request: &Request<T>) -> Instant {
         let server_max = Duration::from_secs_f64(self.limits.request_timeout_secs.max(0.001));
-        let client = metadata
+        let client = request
+            .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let timeout = client.map_or(server_max, |c| c.min(server_max));
-        batcher::now() + timeout
+        let timeout = match client {
+            Some(c) if c <= server_max => c.saturating_sub(DEADLINE_MARGIN),
+            _ => server_max,
+        };
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(batcher::now, |a| a.0);
+        arrived + timeout
     }
 
     async fn classify_inner(
@@ -337,6 +352,18 @@ impl ClassifierService {
     }
 }
 
+/// When a call arrived, stamped by [`stamp_arrival`] before tonic reads its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
+/// A tower layer function for `Server::builder().layer(...)`: records each call's arrival.
+pub fn stamp_arrival<B>(
+    mut req: tonic::codegen::http::Request<B>,
+) -> tonic::codegen::http::Request<B> {
+    req.extensions_mut().insert(Arrival(batcher::now()));
+    req
+}
+
 /// Parses the `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
@@ -380,11 +407,23 @@ fn status_with_id(err: Error, id: &str) -> Status {
     s
 }
 
-/// Decrements the in-flight gauge however the request ends (also when it is cancelled).
-struct InFlight(metrics::Gauge);
-impl Drop for InFlight {
+/// Decrements the in-flight gauge however the request ends; a request dropped before it
+/// finished (the client cancelled or went away) is counted as CANCELLED.
+struct InFlight<'a> {
+    entry: &'a ModelEntry,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.entry.metrics.in_flight.decrement(1.0);
+        if !self.finished {
+            self.entry
+                .metrics
+                .request("Classify", tonic::Code::Cancelled, self.started.elapsed());
+            self.entry.metrics.failure("cancelled");
+        }
     }
 }
 
@@ -396,7 +435,7 @@ impl Classifier for ClassifierService {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let started = Instant::now();
         let id = request_id(request.metadata());
-        let deadline = self.deadline(request.metadata());
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         let entry = match self.repo.get(&req.model) {
             Ok(e) => e.clone(),
@@ -408,9 +447,15 @@ impl Classifier for ClassifierService {
         let span = info_span!("classify", request_id = %id, model = %entry.config.name);
         async move {
             entry.metrics.in_flight.increment(1.0);
-            let _guard = InFlight(entry.metrics.in_flight.clone());
+            let mut guard = InFlight {
+                entry: &entry,
+                started,
+                finished: false,
+            };
             let n_images = req.images.len();
             let result = self.classify_inner(req, deadline, &entry).await;
+            guard.finished = true;
+            drop(guard);
             let code = result
                 .as_ref()
                 .map_or_else(|e| e.code(), |_| tonic::Code::Ok);

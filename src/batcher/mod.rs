@@ -188,15 +188,15 @@ async fn queue_task(
         let now = now();
         let (expired, cancelled) = state.remove_dead(now, |e: &Entry| e.reply.is_closed());
         let removed = expired.len() + cancelled.len();
+        // Failures are counted per request by the service, not here per image.
         for q in expired {
-            metrics.failure("deadline");
             let _ = q
                 .item
                 .reply
                 .send(Err(Error::DeadlineExceeded("waiting in the batch queue")));
         }
-        for _ in &cancelled {
-            metrics.failure("cancelled");
+        if !cancelled.is_empty() {
+            debug!(model = %settings.model, images = cancelled.len(), "dropped the work of cancelled calls");
         }
         if removed > 0 {
             depth.fetch_sub(removed, Ordering::AcqRel);

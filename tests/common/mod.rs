@@ -254,3 +254,84 @@ pub fn read_f32(path: impl AsRef<Path>) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// A temporary model repository whose models are aliases (symlinked graph, copied labels,
+/// config with a new name) of generated models: lets tests in one process use distinct
+/// metric labels. `aliases` maps new name -> existing model.
+pub fn alias_repo(aliases: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (alias, real) in aliases {
+        let src = models_dir().join(real);
+        let dst = dir.path().join(alias);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::os::unix::fs::symlink(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+        std::fs::copy(src.join("labels.txt"), dst.join("labels.txt")).unwrap();
+        let cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
+        let cfg = cfg.replacen(
+            &format!("name = \"{real}\""),
+            &format!("name = \"{alias}\""),
+            1,
+        );
+        std::fs::write(dst.join("config.toml"), cfg).unwrap();
+    }
+    dir
+}
+
+/// Like [`serve_args`] but over another model repository.
+pub fn serve_args_in(dir: &Path, models: &[&str], extra: &[&str]) -> ServeArgs {
+    let mut a = serve_args(models, extra);
+    a.models_dir = dir.to_path_buf();
+    a
+}
+
+/// GET http://addr/metrics.
+pub async fn scrape(addr: SocketAddr) -> String {
+    wrn::bench::http_get(&format!("http://{addr}/metrics"))
+        .await
+        .expect("scraping /metrics")
+}
+
+/// The value of one sample line `name{labels...}` whose labels include every `want` pair.
+pub fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            return None;
+        }
+        want.iter()
+            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Polls /metrics until `name{want}` equals `value` (up to 30 s).
+pub async fn wait_metric(addr: SocketAddr, name: &str, want: &[(&str, &str)], value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(addr).await;
+        if sample(&text, name, want) == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{want:?} never reached {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A float32 tensor request of `n` images of `side` x `side`, all zeros.
+pub fn zero_tensor_request(model: &str, n: usize, side: i64) -> wrn::pb::ClassifyRequest {
+    wrn::pb::ClassifyRequest {
+        model: model.into(),
+        top_k: 5,
+        images: vec![],
+        tensor: Some(wrn::pb::Tensor {
+            dtype: wrn::pb::DataType::Float32 as i32,
+            shape: vec![n as i64, 3, side, side],
+            raw_data: vec![0u8; n * 3 * (side * side) as usize * 4],
+            float_data: vec![],
+        }),
+    }
+}

@@ -256,7 +256,12 @@ async fn full_queue_rejects_and_deadlines_fire_while_waiting() {
     r.metadata_mut()
         .insert("grpc-timeout", "200m".parse().unwrap());
     let e = c2.classify(r).await.unwrap_err();
-    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    // tonic's client also arms a timer from the grpc-timeout header and reports CANCELLED
+    // when it wins the race against the server's answer; the server side is checked below.
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e}"
+    );
     assert!(
         !busy.is_finished(),
         "the deadline fired while the model was still busy, not when the next batch formed"

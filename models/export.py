@@ -494,7 +494,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "and wrn_16_4 with seed 0 into --repository, skipping those already current")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help="model repository for --all-defaults (default models/repository)")
+    p.add_argument("--training-artifacts", action="store_true", help="write ONNX Runtime training artifacts "
+                   "for `wrn train` into --out instead (models/training_artifacts.py; needs --num-classes)")
+    import training_artifacts
+
+    training_artifacts.add_arguments(p)
     args = p.parse_args(argv)
+    if args.training_artifacts and (args.all_defaults or not args.out or not args.num_classes):
+        p.error("--training-artifacts needs --arch, --num-classes and --out (and no --all-defaults)")
     if args.all_defaults:
         if args.arch or args.weights or args.weights_file or args.out or args.name or args.num_classes:
             p.error("--all-defaults takes no --arch/--weights/--weights-file/--out/--name/--num-classes")
@@ -512,6 +519,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.monotonic()
+    if args.training_artifacts:
+        import training_artifacts
+
+        try:
+            return training_artifacts.build(args)
+        except training_artifacts.ArtifactsError as e:
+            print(f"export.py: error: {e}", file=sys.stderr)
+            return 1
     try:
         if args.all_defaults:
             for arch in ("wide_resnet50_2", "wide_resnet101_2", "wrn-16-4"):

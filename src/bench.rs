@@ -244,10 +244,10 @@ async fn run_level(
                     tensor: None,
                 });
                 req.set_timeout(Duration::from_secs_f64(args.timeout_secs));
-                if let Some(t) = &args.token {
-                    if let Ok(v) = format!("Bearer {t}").parse::<MetadataValue<_>>() {
-                        req.metadata_mut().insert("authorization", v);
-                    }
+                if let Some(t) = &args.token
+                    && let Ok(v) = format!("Bearer {t}").parse::<MetadataValue<_>>()
+                {
+                    req.metadata_mut().insert("authorization", v);
                 }
                 let sent = Instant::now();
                 let res = client.classify(req).await;

@@ -14,6 +14,7 @@
 //! shutdown), [`service`] (the `Classifier` gRPC service), [`preprocess`], [`batcher`],
 //! [`model`], and around them [`metrics`], [`client`] and [`bench`].
 
+pub mod auth;
 pub mod batcher;
 pub mod bench;
 pub mod cli;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Classify(args) => wrn::client::run(args).await,
             Command::Bench(args) => wrn::bench::run(args).await,
             Command::Train(args) => wrn::train::run(args),

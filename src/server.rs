@@ -15,11 +15,12 @@ use std::{
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::{
+    auth::{BearerAuth, Tokens},
     cli::ServeArgs,
     health::{self, model_service},
     pb::{self, classifier_server::ClassifierServer},
@@ -87,8 +88,39 @@ pub async fn run(
         .max_decoding_message_size(args.limits.max_message_bytes)
         .max_encoding_message_size(64 << 20);
 
+    // Access control: bearer tokens on inference (health and reflection by choice), TLS.
+    let tokens = Tokens::load(&args.security)?;
+    let sec = &args.security;
+    if tokens.enabled() {
+        info!(
+            health = sec.auth_health,
+            reflection = sec.auth_reflection,
+            "bearer-token authentication on"
+        );
+    }
+    let classifier = InterceptedService::new(classifier, BearerAuth::new(tokens.clone(), true));
+    let health_service = InterceptedService::new(
+        health_service,
+        BearerAuth::new(tokens.clone(), sec.auth_health),
+    );
+    let reflection_v1 = InterceptedService::new(
+        reflection_v1,
+        BearerAuth::new(tokens.clone(), sec.auth_reflection),
+    );
+    let reflection_v1alpha = InterceptedService::new(
+        reflection_v1alpha,
+        BearerAuth::new(tokens, sec.auth_reflection),
+    );
+
     let addr = grpc.local_addr()?;
-    let mut builder = Server::builder().layer(tower::util::MapRequestLayer::new(
+    let mut builder = Server::builder();
+    if let Some(tls) = crate::auth::tls_config(sec)? {
+        info!(mutual = sec.tls_client_ca.is_some(), "TLS on");
+        builder = builder
+            .tls_config(tls)
+            .context("invalid TLS configuration")?;
+    }
+    let mut builder = builder.layer(tower::util::MapRequestLayer::new(
         crate::service::stamp_arrival,
     ));
     let router = builder

@@ -360,13 +360,10 @@ mod tests {
         }
     }
 
-    fn fake(
-        gated: bool,
-    ) -> (
-        Fake,
-        Arc<Mutex<Vec<Vec<f32>>>>,
-        Option<std::sync::mpsc::Sender<()>>,
-    ) {
+    type Gate = Option<std::sync::mpsc::Sender<()>>;
+    type Log = Arc<Mutex<Vec<Vec<f32>>>>;
+
+    fn fake(gated: bool) -> (Fake, Log, Gate) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let f = Fake {

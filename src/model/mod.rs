@@ -70,10 +70,10 @@ fn provider_dispatch(
                 .with_timing_cache(true)
                 .with_timing_cache_path(&t.cache_dir)
                 .with_max_workspace_size(t.workspace_bytes as usize);
-            if t.int8 {
-                if let Some(table) = &t.int8_calibration_table {
-                    trt = trt.with_int8(true).with_int8_calibration_table_name(table);
-                }
+            if t.int8
+                && let Some(table) = &t.int8_calibration_table
+            {
+                trt = trt.with_int8(true).with_int8_calibration_table_name(table);
             }
             if let Some(info) = info_hint {
                 let max = cfg.batching.max_batch_size;

@@ -107,7 +107,7 @@ pub fn serve_args(models: &[&str], extra: &[&str]) -> ServeArgs {
         .expect("valid test arguments")
         .command
     {
-        Command::Serve(a) => a,
+        Command::Serve(a) => *a,
         _ => unreachable!(),
     }
 }

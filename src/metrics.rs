@@ -51,7 +51,7 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "End-to-end gRPC request latency"
     );
-    describe_counter!(IMAGES, "Images received for classification");
+    describe_counter!(IMAGES, "Images accepted into the batch queue");
     describe_counter!(
         FAILURES,
         "Failed requests by reason: bad_input, queue_full, deadline, cancelled, limit, unavailable, unauthenticated, internal"

@@ -113,8 +113,8 @@ impl ClassifierService {
             (true, None) => self.image_slots(req.images, entry, deadline).await?,
         };
         let n = slots.len();
-        entry.metrics.images.increment(n as u64);
         let receivers = loaded.batcher.submit(slots, Some(deadline))?;
+        entry.metrics.images.increment(n as u64);
         let mut results = Vec::with_capacity(n);
         let wait = async {
             let mut out = Vec::with_capacity(n);

@@ -19,7 +19,7 @@ use wrn::pb::ClassifyRequest;
 fn train_with_the_inference_library_says_what_to_do_in_one_line() {
     const TEST: &str = "train::train_with_the_inference_library_says_what_to_do_in_one_line";
     let lib = common::ort_lib();
-    if !common::require(TEST, &[lib.clone()]) {
+    if !common::require(TEST, std::slice::from_ref(&lib)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -89,8 +89,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
+/// Class names and every (image file, class index), found without decoding.
+pub type Listing = (Vec<String>, Vec<(PathBuf, usize)>);
+
 /// Lists the class folders and their image files, without decoding.
-pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>), DataError> {
+pub fn scan(root: &Path) -> Result<Listing, DataError> {
     let class_dirs: Vec<PathBuf> = sorted_entries(root)?
         .into_iter()
         .filter(|p| {

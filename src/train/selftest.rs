@@ -70,7 +70,7 @@ pub fn run(rt: &Runtime, artifacts: &Path, threads: usize) -> anyhow::Result<()>
     let size = std::fs::metadata(&export).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&export);
     println!("exported inference model: {size} bytes");
-    if !(last < first * 0.5) {
+    if last.is_nan() || last >= first * 0.5 {
         bail!("selftest FAIL: loss {first:.4} -> {last:.4} over {STEPS} steps did not halve");
     }
     println!("selftest PASS: loss {first:.4} -> {last:.4} over {STEPS} steps");

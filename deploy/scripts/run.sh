@@ -42,7 +42,7 @@ step_done() { log "   done in $(( $(date +%s) - step_start ))s"; }
 step "1/6 system packages"
 export PATH="$HOME/.cargo/bin:$PATH"
 missing=()
-command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)   # linker, and C for the ring crate
 PY="${PYTHON:-python3}"
 if ! command -v "$PY" >/dev/null 2>&1; then
   missing+=(python3 python3-venv python3-pip)

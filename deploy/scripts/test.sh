@@ -88,7 +88,14 @@ observability() {
 }
 
 run_step "1 prepare (system packages, .venv, ONNX Runtime)" deploy/scripts/run.sh --prepare-only
-run_step "2 test assets (tests/python/generate_all.sh)" tests/python/generate_all.sh
+assets() {
+  tests/python/generate_all.sh
+  # The hostile-input corpus of tests/hostile_inputs.rs, while generate_all.sh does not make it.
+  if ! grep -q make_corpus tests/python/generate_all.sh; then
+    "$PY" tests/python/make_corpus.py --photo models/photos/rocket.jpg --out tests/data/generated/corpus
+  fi
+}
+run_step "2 test assets (tests/python/generate_all.sh)" assets
 run_step "3 Python unit tests (unittest, tests/python)" "$PY" -m unittest discover -s tests/python -v
 ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/cpu/libonnxruntime.so}"
 export ORT_DYLIB_PATH

@@ -102,33 +102,48 @@ async fn fine_tunes_a_wrn_on_digits_and_serves_it() {
             .arg(&art),
         "training_artifacts.py",
     );
-    let out = rt.wrn(&[
-        "train",
-        "--artifacts",
-        art.to_str().unwrap(),
-        "--data",
-        digits.join("train").to_str().unwrap(),
-        "--out",
-        repo.join("digits").to_str().unwrap(),
-        "--epochs",
-        "4",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.005",
-        "--no-hflip",
-        "--min-crop-scale",
-        "0.6",
-        "--log-every",
-        "20",
-    ]);
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    if let Some(reason) = training::cannot_load(&text) {
-        training::skip(TEST, &reason);
-        return;
+    // three epochs, then --resume for the fourth: the resumed run continues the same run
+    let out_dir = repo.join("digits");
+    let data_arg = digits.join("train");
+    let mut text = String::new();
+    for (epochs, resume) in [("3", false), ("4", true)] {
+        let mut a = vec![
+            "train",
+            "--artifacts",
+            art.to_str().unwrap(),
+            "--data",
+            data_arg.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.005",
+            "--no-hflip",
+            "--min-crop-scale",
+            "0.6",
+            "--log-every",
+            "20",
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        let out = rt.wrn(&a);
+        let part = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let Some(reason) = training::cannot_load(&part) {
+            training::skip(TEST, &reason);
+            return;
+        }
+        println!("{part}");
+        assert!(
+            out.status.success(),
+            "wrn train (epochs {epochs}, resume {resume}) failed:\n{part}"
+        );
+        text.push_str(&part);
     }
-    println!("{text}");
-    assert!(out.status.success(), "wrn train failed:\n{text}");
+    assert!(text.contains("resuming after epoch 3"), "{text}");
     let epochs = epoch_lines(&text);
     assert_eq!(epochs.len(), 4, "{text}");
     assert!(
@@ -140,6 +155,8 @@ async fn fine_tunes_a_wrn_on_digits_and_serves_it() {
         "held-out accuracy {} is not far above chance (0.1): {epochs:?}",
         epochs[3].1
     );
+    let state = std::fs::read_to_string(dir.path().join("repo/digits.ckpt/state.json")).unwrap();
+    assert!(state.contains("\"epochs_done\": 4"), "{state}");
     for f in ["model.onnx", "config.toml", "labels.txt"] {
         assert!(repo.join("digits").join(f).is_file(), "{f} missing");
     }

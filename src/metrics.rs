@@ -198,6 +198,9 @@ impl ModelMetrics {
             Label::new("model", model.to_string()),
             Label::new("version", version.to_string()),
         ];
+        // Gauges start at zero so an idle replica exports them (autoscalers read them).
+        gauge!(QUEUE_DEPTH, labels.clone()).set(0.0);
+        gauge!(IN_FLIGHT, labels.clone()).set(0.0);
         Self {
             images: counter!(IMAGES, labels.clone()),
             batches: counter!(BATCHES, labels.clone()),

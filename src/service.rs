@@ -171,55 +171,65 @@ impl ClassifierService {
                 )));
             }
         }
-        let mut tasks = Vec::with_capacity(images.len());
-        for img in images {
+        // A JoinSet aborts the tasks still waiting for a preprocessing slot when this request
+        // ends early (deadline, cancellation, a bad image); a decode that has not started yet
+        // checks that the request is still wanted, so abandoned requests leave no work behind.
+        let wanted = Arc::new(());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, img) in images.into_iter().enumerate() {
             let pre = entry.preprocessor.clone();
             let slots = self.preprocess_slots.clone();
             let hist = entry.metrics.preprocess.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = slots
-                    .acquire_owned()
+            let still_wanted = Arc::downgrade(&wanted);
+            tasks.spawn(async move {
+                let result = async {
+                    let _permit = slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+                    tokio::task::spawn_blocking(move || {
+                        if still_wanted.strong_count() == 0 || batcher::now() >= deadline {
+                            return Err(Error::DeadlineExceeded("preprocessing images"));
+                        }
+                        let started = Instant::now();
+                        let out = pre.run_to_vec(&img);
+                        hist.record(started.elapsed().as_secs_f64());
+                        out
+                    })
                     .await
-                    .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
-                tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
-                    let out = pre.run_to_vec(&img);
-                    hist.record(started.elapsed().as_secs_f64());
-                    out
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("preprocessing task failed: {e}")))?
-            }));
+                    .map_err(|e| Error::Internal(format!("preprocessing task failed: {e}")))?
+                }
+                .await;
+                (i, result)
+            });
         }
+        let n = tasks.len();
         let all = async {
-            let mut out = Vec::with_capacity(tasks.len());
-            let mut first_err = None;
-            for (i, t) in tasks.into_iter().enumerate() {
-                match t.await {
-                    Ok(Ok(slot)) => out.push(slot),
-                    Ok(Err(e)) => {
-                        first_err.get_or_insert(match e {
-                            Error::InvalidArgument(m) => {
-                                Error::InvalidArgument(format!("image {i}: {m}"))
-                            }
-                            other => other,
-                        });
+            let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
+            while let Some(done) = tasks.join_next().await {
+                let (i, result) =
+                    done.map_err(|e| Error::Internal(format!("preprocessing task failed: {e}")))?;
+                match result {
+                    Ok(slot) => out[i] = Some(slot),
+                    Err(Error::InvalidArgument(m)) => {
+                        return Err(Error::InvalidArgument(format!("image {i}: {m}")));
                     }
-                    Err(e) => {
-                        first_err.get_or_insert(Error::Internal(format!(
-                            "preprocessing task failed: {e}"
-                        )));
+                    Err(Error::ResourceExhausted(m)) => {
+                        return Err(Error::ResourceExhausted(format!("image {i}: {m}")));
                     }
+                    Err(e) => return Err(e),
                 }
             }
-            match first_err {
-                Some(e) => Err(e),
-                None => Ok(out),
-            }
+            Ok(out
+                .into_iter()
+                .map(|s| s.expect("every image was preprocessed"))
+                .collect())
         };
-        tokio::time::timeout_at(deadline.into(), all)
+        let result = tokio::time::timeout_at(deadline.into(), all)
             .await
-            .map_err(|_| Error::DeadlineExceeded("preprocessing images"))?
+            .map_err(|_| Error::DeadlineExceeded("preprocessing images"))?;
+        drop(wanted);
+        result
     }
 
     /// Validates a preprocessed tensor strictly and splits it into per-image slots.

@@ -65,10 +65,15 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Error
             "JPEG data is truncated (no end-of-image marker after the scan data)",
         ));
     }
+    if format == ImageFormat::WebP && !webp_chunks_fit(bytes) {
+        // A chunk that claims more bytes than the file holds is corrupt; refusing it here
+        // also keeps a decoder from allocating the claimed size (an EXIF chunk of 3.8 GB).
+        return Err(Error::invalid(
+            "WebP data is corrupt or truncated (a chunk is larger than the file)",
+        ));
+    }
     let mut reader = reader;
     let mut lim = image::Limits::default();
-    lim.max_image_width = Some(limits.max_side);
-    lim.max_image_height = Some(limits.max_side);
     // Room for the decoded image at 16 bits per channel with alpha, plus decoder scratch.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(lim);
@@ -80,10 +85,10 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Error
         )));
     }
     let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_pixels {
-        return Err(Error::invalid(format!(
-            "image is {w}x{h} = {pixels} pixels, above the limit of {} pixels",
-            limits.max_pixels
+    if pixels > limits.max_pixels || w > limits.max_side || h > limits.max_side {
+        return Err(Error::ResourceExhausted(format!(
+            "image is {w}x{h} = {pixels} pixels, above the limit of {} pixels and {} pixels a side",
+            limits.max_pixels, limits.max_side
         )));
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
@@ -119,11 +124,29 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
     i < bytes.len() && bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
+/// True when every RIFF chunk of a WebP file lies within the file.
+fn webp_chunks_fit(bytes: &[u8]) -> bool {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
+        return false;
+    }
+    let mut i = 12usize;
+    while i + 8 <= bytes.len() {
+        let size =
+            u32::from_le_bytes([bytes[i + 4], bytes[i + 5], bytes[i + 6], bytes[i + 7]]) as usize;
+        let end = i + 8 + size + (size & 1);
+        if i + 8 + size > bytes.len() {
+            return false;
+        }
+        i = end;
+    }
+    true
+}
+
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
     match e {
-        image::ImageError::Limits(l) => {
-            Error::invalid(format!("{format:?} image exceeds decoding limits: {l}"))
-        }
+        image::ImageError::Limits(l) => Error::ResourceExhausted(format!(
+            "{format:?} image exceeds decoding limits ({l}): above the limit of what one image may allocate"
+        )),
         other => Error::invalid(format!("cannot decode {format:?} image: {other}")),
     }
 }

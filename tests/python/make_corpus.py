@@ -136,6 +136,22 @@ def ycck_jpeg(upright: Image.Image) -> bytes:
     return patch_adobe_transform(data, 2)
 
 
+def webp_exif_chunk_bomb(upright: Image.Image) -> bytes:
+    """A small lossless WebP whose EXIF chunk header declares 3.8 GB (the file holds ~30 bytes).
+
+    Found by the fuzzer (tests/fuzz, decode_preprocess): image-webp allocates a metadata
+    chunk's declared size before reading it, and image's WebP decoder passes it no memory
+    limit, so reading the EXIF orientation of this ~1 KB file asked for a 3.8 GB buffer.
+    PIL (libwebp) refuses the file.
+    """
+    data = bytearray(encode(upright, "WEBP", lossless=True, exact=True, exif=exif_bytes(1)))
+    at = data.find(b"EXIF", 12)
+    if at < 0 or data[12:16] != b"VP8X":
+        raise SystemExit("make_corpus: Pillow wrote no VP8X/EXIF chunks for a WebP with exif")
+    data[at + 4:at + 8] = struct.pack("<I", 3_821_477_827)
+    return bytes(data)
+
+
 class Corpus:
     def __init__(self, out: Path, upright: Image.Image):
         self.out = out
@@ -281,7 +297,7 @@ def build(photo: Path, out: Path, max_side: int | None = None) -> list[dict]:
     c.add("truncated.png", png[: len(png) // 2], bad, message_contains="png",
           why="the first half of a PNG (an interrupted upload)")
     c.add("huge_100000x100000.png", write_png(100_000, 100_000, 8, 2, None), "RESOURCE_EXHAUSTED",
-          message_contains="above the limit",
+          message_contains="limit",
           why="IHDR declares 100000x100000 RGB (valid CRC, a tiny IDAT): a decompression bomb; 1e10 pixels "
               "also exceeds the 65535 side limit")
     c.add("huge_60000x60000.png", write_png(60_000, 60_000, 8, 2, None), "RESOURCE_EXHAUSTED",
@@ -290,6 +306,9 @@ def build(photo: Path, out: Path, max_side: int | None = None) -> list[dict]:
     c.add("huge_40001x1000.png", write_png(40_001, 1000, 8, 0, None), "RESOURCE_EXHAUSTED",
           message_contains="above the limit",
           why=f"just above the default pixel limit ({DEFAULT_MAX_PIXELS})")
+    c.add("webp_exif_chunk_bomb.webp", webp_exif_chunk_bomb(upright.resize((21, 32))), bad, message_contains="webp",
+          why="fuzzer regression: a lossless WebP whose EXIF chunk declares 3.8 GB; must be refused, "
+              "without allocating the declared size")
     c.add("text.txt", b"This is a text file, not an image.\nIt has two lines.\n", bad,
           message_contains="not a recognised image", why="a plain text file")
     c.add("photo.ppm", encode(upright, "PPM"), bad, message_contains="not supported",

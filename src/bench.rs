@@ -107,7 +107,7 @@ fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.is_file())
+                .filter(|p| p.is_file() && is_image_name(p))
                 .collect();
             entries.sort();
             files.extend(entries);
@@ -122,6 +122,12 @@ fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
         .iter()
         .map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display())))
         .collect()
+}
+
+/// Image files by extension (folders given to --images may hold other files).
+fn is_image_name(p: &std::path::Path) -> bool {
+    let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png" | "webp" | "bmp" | "gif" | "tif" | "tiff"))
 }
 
 /// Scrapes `wrn_batch_size` buckets (cumulative) for one model, or all models.

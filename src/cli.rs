@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// Override every model's inter-op threads per instance.
     #[arg(long, env = "WRN_INTER_OP_THREADS")]
     pub inter_op_threads: Option<usize>,
+    /// Override every model's intra-op spinning (true or false).
+    #[arg(long, env = "WRN_INTRA_OP_SPINNING")]
+    pub intra_op_spinning: Option<bool>,
     /// Override every model's graph optimisation level (disable, basic, extended, all).
     #[arg(long, env = "WRN_GRAPH_OPTIMIZATION_LEVEL")]
     pub graph_optimization_level: Option<String>,

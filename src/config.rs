@@ -93,6 +93,10 @@ pub struct RuntimeConfig {
     pub inter_op_threads: usize,
     #[serde(default = "default_opt_level")]
     pub graph_optimization_level: String,
+    /// Whether idle intra-op threads spin. Spinning wins a little on an otherwise idle
+    /// machine, but steals cores from decoding and gRPC when the server is loaded.
+    #[serde(default = "default_spinning")]
+    pub intra_op_spinning: bool,
     /// Batch sizes run before the model reports SERVING: `none`, `one`, `corners`, `all`.
     #[serde(default = "default_warmup")]
     pub warmup: String,
@@ -109,6 +113,7 @@ impl Default for RuntimeConfig {
             intra_op_threads: 0,
             inter_op_threads: default_inter_threads(),
             graph_optimization_level: default_opt_level(),
+            intra_op_spinning: default_spinning(),
             warmup: default_warmup(),
             cuda: CudaConfig::default(),
             tensorrt: TensorRtConfig::default(),
@@ -210,6 +215,9 @@ fn default_inter_threads() -> usize {
 }
 fn default_opt_level() -> String {
     "all".into()
+}
+fn default_spinning() -> bool {
+    true
 }
 fn default_warmup() -> String {
     "corners".into()

@@ -83,6 +83,9 @@ pub fn apply_overrides(cfg: &mut ModelConfig, args: &ServeArgs) -> anyhow::Resul
     if let Some(n) = args.inter_op_threads {
         cfg.runtime.inter_op_threads = n;
     }
+    if let Some(s) = args.intra_op_spinning {
+        cfg.runtime.intra_op_spinning = s;
+    }
     if let Some(l) = &args.graph_optimization_level {
         cfg.runtime.graph_optimization_level = l.clone();
     }

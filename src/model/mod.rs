@@ -207,6 +207,7 @@ impl Instance {
                 .with_intra_threads(r.intra_op_threads)?
                 .with_inter_threads(r.inter_op_threads)?
                 .with_parallel_execution(r.inter_op_threads > 1)?
+                .with_intra_op_spinning(r.intra_op_spinning)?
                 .with_execution_providers([provider_dispatch(provider, r, cfg, hint)])?;
             b.commit_from_file(model_path)
         };

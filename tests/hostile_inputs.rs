@@ -121,10 +121,10 @@ fn check_status(s: &Status, want: &str, contains: Option<&str>) -> Result<(), St
     if msg.trim().is_empty() {
         return Err(format!("{got} with an empty message"));
     }
-    if let Some(c) = contains {
-        if !msg.to_lowercase().contains(&c.to_lowercase()) {
-            return Err(format!("message {msg:?} does not mention {c:?}"));
-        }
+    if let Some(c) = contains
+        && !msg.to_lowercase().contains(&c.to_lowercase())
+    {
+        return Err(format!("message {msg:?} does not mention {c:?}"));
     }
     Ok(())
 }
@@ -222,13 +222,13 @@ async fn every_corpus_file_gets_its_exact_outcome() {
     // between the first and second class.
     let upright = answers.get("upright.png").copied();
     for e in entries.iter().filter(|e| e.lossy) {
-        if let (Some(u), Some(got)) = (upright, answers.get(&e.file)) {
-            if got.0 != u.0 {
-                failures.push(format!(
-                    "{}: top-1 {} but upright.png gives {} ({})",
-                    e.file, got.0, u.0, e.why
-                ));
-            }
+        if let (Some(u), Some(got)) = (upright, answers.get(&e.file))
+            && got.0 != u.0
+        {
+            failures.push(format!(
+                "{}: top-1 {} but upright.png gives {} ({})",
+                e.file, got.0, u.0, e.why
+            ));
         }
     }
     let ok = answers.len();

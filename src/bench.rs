@@ -256,9 +256,15 @@ async fn run_level(
                     req.metadata_mut().insert("authorization", v);
                 }
                 let sent = Instant::now();
-                let res = client.classify(req).await;
+                // Calls still running when the window closes are abandoned, not counted.
+                let res = tokio::select! {
+                    r = client.classify(req) => r,
+                    _ = tokio::time::sleep_until(end.into()) => break,
+                };
                 let done = Instant::now();
-                if sent < warm_end {
+                // Count what completes inside the measured window (by completion time), so
+                // throughput = completions / window at any concurrency.
+                if done < warm_end || done > end {
                     continue;
                 }
                 match res {
@@ -279,7 +285,6 @@ async fn run_level(
     } else {
         tokio::time::sleep_until(warm_end.into()).await;
     }
-    let started = Instant::now();
     let mut lat = Vec::new();
     let mut errors = BTreeMap::new();
     let mut images_ok = 0;
@@ -291,7 +296,7 @@ async fn run_level(
         }
         images_ok += n;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = measure_for.as_secs_f64();
     let (batch_sizes, mean_batch_size) =
         match (&args.metrics_url, metrics_before.lock().await.clone()) {
             (Some(url), Some(before)) => {

@@ -126,8 +126,14 @@ fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Image files by extension (folders given to --images may hold other files).
 fn is_image_name(p: &std::path::Path) -> bool {
-    let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png" | "webp" | "bmp" | "gif" | "tif" | "tiff"))
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    matches!(
+        ext.as_deref(),
+        Some("jpg" | "jpeg" | "png" | "webp" | "bmp" | "gif" | "tif" | "tiff")
+    )
 }
 
 /// Scrapes `wrn_batch_size` buckets (cumulative) for one model, or all models.
@@ -272,7 +278,17 @@ async fn run_level(
                         lat.push(done.duration_since(sent).as_secs_f64() * 1000.0);
                         ok_images += args.images_per_request as u64;
                     }
-                    Err(s) => *errors.entry(code_name(s.code()).to_string()).or_default() += 1,
+                    Err(s) => {
+                        // tonic reports a deadline its own timer caught as CANCELLED.
+                        let code = if s.code() == tonic::Code::Cancelled
+                            && s.message().contains("Timeout expired")
+                        {
+                            "DEADLINE_EXCEEDED"
+                        } else {
+                            code_name(s.code())
+                        };
+                        *errors.entry(code.to_string()).or_default() += 1
+                    }
                 }
             }
             (lat, errors, ok_images)

@@ -242,7 +242,7 @@ async fn full_queue_rejects_and_deadlines_fire_while_waiting() {
     let busy =
         tokio::spawn(async move { c3.classify(common::zero_tensor_request(NAME, 3, 224)).await });
     depth(2.0).await;
-    // The grpc-timeout header alone (no client-side timer), so the status is the server's;
+    // The grpc-timeout header (tonic's Channel arms its own timer from it too);
     // a small PNG so the body is read long before the deadline.
     let small = {
         let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {

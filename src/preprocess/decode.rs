@@ -152,7 +152,9 @@ fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
 }
 
 /// Converts any colour type to RGB8 as PIL's `convert("RGB")` does: alpha is dropped (not
-/// composited), grey is replicated, 16-bit samples keep their high byte.
+/// composited), grey is replicated, 16-bit RGB keeps the high byte. One deliberate
+/// difference: PIL clips 16-bit grey ("I;16") above 255 to white; we keep the high byte, so
+/// a 16-bit grey photo stays a photo.
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,

@@ -188,10 +188,9 @@ impl TestServer {
                         service: service.into(),
                     })
                     .await
+                    && r.into_inner().status() == ServingStatus::Serving
                 {
-                    if r.into_inner().status() == ServingStatus::Serving {
-                        return;
-                    }
+                    return;
                 }
             }
             if let Some(t) = &self.task {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Overload soak: `wrn bench` far above capacity for a while, with a second client killed
+# mid-stream, then checks: only RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED errors, the queue never
+# above its capacity, resident memory flat (start vs end), no request stuck in flight, and the
+# server still answering.
+#
+#   deploy/scripts/soak.sh [SECONDS] [MODEL]       # defaults: 600 wide_resnet50_2
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+SECS="${1:-600}"; MODEL="${2:-wide_resnet50_2}"
+PORT=50097; MPORT=9097; OUT=bench-results; mkdir -p "$OUT"
+WRN=target/release/wrn
+QCAP=32
+"$WRN" serve --models "$MODEL" --default-model "$MODEL" --addr 127.0.0.1:$PORT --metrics-addr 127.0.0.1:$MPORT \
+  --queue-capacity $QCAP --warmup one > "$OUT/soak-serve.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do grep -q "SERVING" "$OUT/soak-serve.log" && break; sleep 0.5; done
+metric() { curl -s http://127.0.0.1:$MPORT/metrics | awk -v n="$1" '$1 ~ "^"n"({|$)" {s+=$2} END {print s+0}'; }
+echo "start: rss $(metric wrn_process_resident_memory_bytes) bytes"
+# A second client killed with SIGKILL in the middle of its requests.
+( sleep 20; "$WRN" bench --addr 127.0.0.1:$PORT --concurrency 16 --duration-secs 60 --warmup-secs 0 \
+    --images models/photos --timeout-secs 2 > "$OUT/soak-killed-client.log" 2>&1 & P=$!; sleep 15; kill -9 $P; echo "killed a client mid-stream" ) &
+# Queue depth sampled every second.
+( end=$((SECONDS + SECS)); max=0; while (( SECONDS < end )); do d=$(metric wrn_queue_depth); d=${d%.*}; (( d > max )) && max=$d; sleep 1; done; echo "$max" > "$OUT/soak-max-depth" ) &
+SAMPLER=$!
+"$WRN" bench --addr 127.0.0.1:$PORT --concurrency 256 --connections 8 --duration-secs "$SECS" --warmup-secs 0 \
+  --images models/photos --timeout-secs 2 --metrics-url http://127.0.0.1:$MPORT/metrics --json "$OUT/soak.json"
+wait $SAMPLER
+sleep 3
+echo "end:   rss $(metric wrn_process_resident_memory_bytes) bytes"
+echo "max queue depth seen: $(cat "$OUT/soak-max-depth") (capacity $QCAP)"
+echo "in flight after the run: $(metric wrn_requests_in_flight)"
+curl -s http://127.0.0.1:$MPORT/metrics | grep -E '^wrn_requests_total' | sed 's/^/  /'
+"$WRN" classify --addr 127.0.0.1:$PORT models/photos/rocket.jpg | head -3

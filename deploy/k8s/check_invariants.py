@@ -179,8 +179,21 @@ def cli_flags() -> tuple[dict, str]:
                "train": {"Cli", "TrainArgs"}}
     fields: dict[str, dict] = {}
     current, attr = None, None
+    # rustfmt splits long #[arg(...)] attributes over several lines: join them first.
+    lines, pending = [], None
     for line in cli.read_text().splitlines():
         s = line.strip()
+        if pending is not None:
+            pending += " " + s
+            if s.endswith(")]"):
+                lines.append(pending)
+                pending = None
+            continue
+        if s.startswith("#[arg(") and not s.endswith(")]"):
+            pending = s
+            continue
+        lines.append(s)
+    for s in lines:
         m = re.match(r"pub struct (\w+)", s)
         if m:
             current = m.group(1)

@@ -21,6 +21,7 @@ else
 fi
 "$PY" models/photos.py --out models/photos
 "$PY" tests/python/preprocess_reference.py --photos models/photos --out tests/data/generated/preprocess
+"$PY" tests/python/make_corpus.py --photo models/photos/rocket.jpg --out tests/data/generated/corpus
 for m in "${models[@]}"; do
   "$PY" tests/python/ort_reference.py --model "models/repository/$m" --photos models/photos \
     --out "tests/data/generated/ort_reference/$m.json"

@@ -450,7 +450,7 @@ impl Classifier for ClassifierService {
         let entry = match self.repo.get(&req.model) {
             Ok(e) => e.clone(),
             Err(e) => {
-                warn!(request_id = %id, model = %req.model, error = %e, "classify rejected");
+                tracing::info!(request_id = %id, model = %req.model, error = %e, "classify rejected");
                 return Err(status_with_id(e, &id));
             }
         };
@@ -481,10 +481,16 @@ impl Classifier for ClassifierService {
                 }
                 Err(e) => {
                     entry.metrics.failure(e.reason());
-                    if matches!(e, Error::Internal(_)) {
-                        warn!(error = %e, "classify failed");
-                    } else {
-                        tracing::info!(code = ?e.code(), error = %e, "classify rejected");
+                    match &e {
+                        Error::Internal(_) => warn!(error = %e, "classify failed"),
+                        // Load shedding is counted in metrics; logging each one at info
+                        // would flood the log exactly when the server is overloaded.
+                        Error::QueueFull { .. }
+                        | Error::DeadlineExceeded(_)
+                        | Error::Unavailable(_) => {
+                            tracing::debug!(code = ?e.code(), error = %e, "classify shed")
+                        }
+                        _ => tracing::info!(code = ?e.code(), error = %e, "classify rejected"),
                     }
                     Err(status_with_id(e, &id))
                 }

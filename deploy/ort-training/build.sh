@@ -48,10 +48,11 @@ DEBIAN_TARBALL="onnxruntime_1.23.2+dfsg-6.1.debian.tar.xz"
 DEBIAN_SHA256="140fe4766a37f1a57451bef8f21174ae43ff206d0dc80e467f52e6e9694c37f9" # sid 1.23.2+dfsg-6.1
 POOL_DIR="pool/main/o/onnxruntime"
 SUITE="trixie"
-# onnxruntime's Build-Depends in trixie, less Python, XNNPACK and DNNL; plus libabsl-dev, which
-# Debian's build does not use (it disables abseil) and 1.21.0 needs.
+# onnxruntime's Build-Depends in trixie, less the Python modules, XNNPACK and DNNL; plus libabsl-dev,
+# which Debian's build does not use (it disables abseil) and 1.21.0 needs. python3 (the interpreter
+# only) runs tools/ci_build/gen_def.py, which writes the library's linker script at step ~582.
 BUILD_DEPS=(
-  g++ cmake ninja-build pkgconf patch
+  g++ cmake ninja-build pkgconf patch python3
   libabsl-dev libboost-dev libcpuinfo-dev libdlpack-dev libeigen3-dev libflatbuffers-dev
   libhowardhinnant-date-dev libmsgsl-dev libonnx-dev libprotobuf-dev protobuf-compiler
   libpthreadpool-dev libre2-dev libsafeint-dev libpng-dev nlohmann-json3-dev zlib1g-dev
@@ -91,6 +92,9 @@ fi
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap and chroot, or apt-get); or use deploy/ort-training/Dockerfile"
 mkdir -p "$CACHE/src" "$LIB"
+# One build at a time: a second run would wipe the tree under the first.
+exec 9>"$CACHE/.lock"
+flock -n 9 || die "another build.sh is running on $CACHE (lock: $CACHE/.lock)"
 if [ "$USERLAND" = 0 ]; then
   # shellcheck disable=SC1091
   . /etc/os-release
@@ -140,13 +144,13 @@ if [ "$USERLAND" = 0 ]; then
   log "installing build dependencies"
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${BUILD_DEPS[@]}"; } \
     > "$CACHE/apt.log" 2>&1 || { tail -n 20 "$CACHE/apt.log" >&2; die "apt-get failed (log: $CACHE/apt.log)"; }
-elif [ ! -e "$ROOT/.wrn-deps-done" ]; then
+elif [ "$(cat "$ROOT/.wrn-deps-done" 2>/dev/null)" != "${BUILD_DEPS[*]}" ]; then
   cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
   printf 'deb %s %s main\ndeb-src %s %s main\n' "$MIRROR" "$SUITE" "$MIRROR" "$SUITE" > "$ROOT/etc/apt/sources.list"
   log "installing build dependencies in the userland"
   { in_root apt-get update -q && in_root apt-get install -y -q --no-install-recommends "${BUILD_DEPS[@]}"; } \
     > "$CACHE/apt.log" 2>&1 || { tail -n 20 "$CACHE/apt.log" >&2; die "apt-get failed (log: $CACHE/apt.log)"; }
-  touch "$ROOT/.wrn-deps-done"
+  echo "${BUILD_DEPS[*]}" > "$ROOT/.wrn-deps-done"
 fi
 
 # 3. sources, pinned by sha256
@@ -161,9 +165,12 @@ fetch() { # name sha256
 fetch "$ORIG_TARBALL" "$ORIG_SHA256"
 fetch "$DEBIAN_TARBALL" "$DEBIAN_SHA256"
 
-# 4. unpack and patch (always fresh, so the patch set is what the repository says)
+# 4. unpack and patch. The tree is kept while the sources, patches and options are unchanged, so a
+# build that stopped half-way resumes where ninja left off; anything else starts it afresh.
 SRC="$BUILD/onnxruntime"
-if [ ! -e "$BUILD/.wrn-ninja-done" ] || [ "$FORCE" = 1 ]; then
+TREE_KEY="$( { echo "$ORIG_SHA256 $DEBIAN_SHA256 $CXX_FLAGS_EXTRA ${BUILD_DEPS[*]}"; cat "$HERE/patches/debian-series" "$HERE"/patches/*.patch "$0"; } | sha256sum | cut -d' ' -f1)"
+if [ "$FORCE" = 1 ] || [ ! -e "$BUILD/.wrn-ninja-done" ]; then
+ if [ "$FORCE" = 1 ] || [ "$(cat "$BUILD/.wrn-tree-key" 2>/dev/null)" != "$TREE_KEY" ]; then
   log "unpacking and patching"
   rm -rf "$BUILD" && mkdir -p "$BUILD/debian-tarball"
   tar -C "$BUILD" -xf "$CACHE/src/$ORIG_TARBALL"
@@ -177,6 +184,10 @@ if [ ! -e "$BUILD/.wrn-ninja-done" ] || [ "$FORCE" = 1 ]; then
   for p in "$HERE"/patches/*.patch; do
     patch -d "$SRC" -p1 -s -N --no-backup-if-mismatch < "$p" || die "patch $(basename "$p") does not apply"
   done
+  echo "$TREE_KEY" > "$BUILD/.wrn-tree-key"
+ else
+  log "resuming the build in $BUILD"
+ fi
 
   # 5. configure and build inside the userland
   cat > "$BUILD/build-inside.sh" <<EOF

@@ -10,7 +10,7 @@ pub mod state;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -141,6 +141,8 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
     let settings = Arc::new(settings);
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
     let depth = Arc::new(AtomicUsize::new(0));
+    // Duration of the latest batch (µs): the estimate of how long the next one takes.
+    let last_batch_us = Arc::new(AtomicU64::new(0));
     // Workers report "free" on a channel sized to the number of workers: never blocks.
     let (free_tx, free_rx) = mpsc::channel(instances.len());
     let mut workers = Vec::with_capacity(instances.len());
@@ -150,9 +152,20 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
         let free_tx = free_tx.clone();
         let metrics = metrics.clone();
         let settings = settings.clone();
+        let last_batch_us = last_batch_us.clone();
         std::thread::Builder::new()
             .name(format!("wrn-{}-{id}", settings.model))
-            .spawn(move || worker(id, instance, batch_rx, free_tx, settings, metrics))
+            .spawn(move || {
+                worker(
+                    id,
+                    instance,
+                    batch_rx,
+                    free_tx,
+                    settings,
+                    metrics,
+                    last_batch_us,
+                )
+            })
             .expect("spawning a model worker thread");
     }
     drop(free_tx);
@@ -163,6 +176,7 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
         workers,
         depth.clone(),
         metrics,
+        last_batch_us,
     ));
     Handle {
         tx,
@@ -178,6 +192,7 @@ async fn queue_task(
     workers: Vec<mpsc::Sender<Vec<Queued<Entry>>>>,
     depth: Arc<AtomicUsize>,
     metrics: ModelMetrics,
+    last_batch_us: Arc<AtomicU64>,
 ) {
     let mut state: State<Entry> = State::new(settings.max_batch_size, settings.max_queue_delay);
     let mut free: Vec<usize> = (0..workers.len()).rev().collect();
@@ -186,14 +201,17 @@ async fn queue_task(
     let sweep = Duration::from_millis(50);
     loop {
         let now = now();
-        let (expired, cancelled) = state.remove_dead(now, |e: &Entry| e.reply.is_closed());
+        // An entry that cannot finish before its deadline (now + one batch) is answered at
+        // once instead of costing compute whose result nobody will wait for: under
+        // overload this keeps goodput up instead of running batches that all expire.
+        let est = Duration::from_micros(last_batch_us.load(Ordering::Relaxed));
+        let (expired, cancelled) = state.remove_dead(now + est, |e: &Entry| e.reply.is_closed());
         let removed = expired.len() + cancelled.len();
         // Failures are counted per request by the service, not here per image.
         for q in expired {
-            let _ = q
-                .item
-                .reply
-                .send(Err(Error::DeadlineExceeded("waiting in the batch queue")));
+            let _ = q.item.reply.send(Err(Error::DeadlineExceeded(
+                "waiting in the batch queue (it could not finish in time)",
+            )));
         }
         if !cancelled.is_empty() {
             debug!(model = %settings.model, images = cancelled.len(), "dropped the work of cancelled calls");
@@ -201,7 +219,9 @@ async fn queue_task(
         if removed > 0 {
             depth.fetch_sub(removed, Ordering::AcqRel);
         }
-        let mut wake = state.next_deadline();
+        let mut wake = state
+            .next_deadline()
+            .map(|d| d.checked_sub(est).unwrap_or(now).max(now));
         while let Some(&w) = free.last() {
             match state.next_batch(now) {
                 Next::Batch(batch) => {
@@ -265,6 +285,7 @@ fn worker<R: Runner>(
     free: mpsc::Sender<usize>,
     settings: Arc<Settings>,
     metrics: ModelMetrics,
+    last_batch_us: Arc<AtomicU64>,
 ) {
     let ready = metrics.instances_ready(instance.provider());
     ready.increment(1.0);
@@ -286,7 +307,9 @@ fn worker<R: Runner>(
                 instance.run(&input, live.len())
             }))
             .unwrap_or_else(|_| Err("model run panicked".to_string()));
-            metrics.compute.record(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            last_batch_us.store(took.as_micros() as u64, Ordering::Relaxed);
+            metrics.compute.record(took.as_secs_f64());
             metrics.batch_size.record(live.len() as f64);
             metrics.batches.increment(1);
             match result {
@@ -484,6 +507,65 @@ mod tests {
             "expired work never reached the model"
         );
         assert_eq!(h.depth(), 0);
+    }
+
+    /// Sleeps a fixed time per batch, like a model.
+    struct Slow(Arc<Mutex<Vec<Vec<f32>>>>, Duration);
+    impl Runner for Slow {
+        fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+            std::thread::sleep(self.1);
+            let firsts: Vec<f32> = input
+                .chunks_exact(input.len() / batch)
+                .map(|c| c[0])
+                .collect();
+            self.0.lock().unwrap().push(firsts.clone());
+            Ok(firsts.iter().flat_map(|&f| [f, batch as f32]).collect())
+        }
+        fn provider(&self) -> &str {
+            "cpu"
+        }
+    }
+
+    #[tokio::test]
+    async fn work_that_cannot_finish_before_its_deadline_is_refused_without_running() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let h = spawn(
+            settings(1, 0, 64),
+            vec![Slow(log.clone(), Duration::from_millis(400))],
+            metrics(),
+        );
+        // A first batch teaches the batcher that a batch takes about 400 ms.
+        h.submit(vec![img(1.0)], None)
+            .unwrap()
+            .remove(0)
+            .await
+            .unwrap()
+            .unwrap();
+        let busy = h.submit(vec![img(2.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // 300 ms left: less than one batch, so it can never be answered in time.
+        let hopeless = h
+            .submit(vec![img(3.0)], Some(now() + Duration::from_millis(300)))
+            .unwrap();
+        let e = hopeless
+            .into_iter()
+            .next()
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        busy.into_iter().next().unwrap().await.unwrap().unwrap();
+        assert_eq!(
+            log.lock().unwrap().clone(),
+            vec![vec![1.0], vec![2.0]],
+            "the hopeless image never ran"
+        );
+        // With time to spare, work is accepted and runs.
+        let fine = h
+            .submit(vec![img(4.0)], Some(now() + Duration::from_secs(5)))
+            .unwrap();
+        fine.into_iter().next().unwrap().await.unwrap().unwrap();
     }
 
     #[tokio::test]

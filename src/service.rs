@@ -110,7 +110,11 @@ impl ClassifierService {
                 ));
             }
             (false, Some(t)) => self.tensor_slots(&t, entry)?,
-            (true, None) => self.image_slots(req.images, entry, deadline).await?,
+            (true, None) => {
+                // Backpressure at the door: refuse before spending any decoding on it.
+                loaded.batcher.admit(req.images.len(), Some(deadline))?;
+                self.image_slots(req.images, entry, deadline).await?
+            }
         };
         let n = slots.len();
         let receivers = loaded.batcher.submit(slots, Some(deadline))?;

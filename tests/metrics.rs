@@ -117,12 +117,9 @@ async fn counters_and_histograms_after_known_traffic() {
     let batches = m("wrn_batches_total", &[]).unwrap();
     assert_eq!(m("wrn_batch_size_count", &[]), Some(batches));
     assert_eq!(m("wrn_compute_seconds_count", &[]), Some(batches));
-    // Preprocessing ran for the 11 good images, the 2 decodable-looking bad ones and the 5
-    // of the oversized request (size limits are checked before decoding, the queue after).
-    assert_eq!(
-        m("wrn_preprocess_seconds_count", &[]),
-        Some(11.0 + 3.0 + 5.0)
-    );
+    // Preprocessing ran for the 11 good images and the 3 bad ones; the oversized request
+    // was refused at the door, before any decoding.
+    assert_eq!(m("wrn_preprocess_seconds_count", &[]), Some(11.0 + 3.0));
     assert_eq!(m("wrn_queue_depth", &[]), Some(0.0));
     assert_eq!(m("wrn_requests_in_flight", &[]), Some(0.0));
     assert_eq!(

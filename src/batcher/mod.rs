@@ -70,6 +70,7 @@ pub struct Handle {
     tx: mpsc::Sender<Queued<Entry>>,
     depth: Arc<AtomicUsize>,
     settings: Arc<Settings>,
+    last_batch_us: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -119,6 +120,38 @@ impl Handle {
             rxs.push(rx);
         }
         Ok(rxs)
+    }
+
+    /// Checks at the door, before any decoding is spent on the request: is there room for
+    /// `n` more images, and can they plausibly finish before `deadline`? (Estimated wait:
+    /// the batches ahead of them plus their own, at the latest batch's duration.)
+    pub fn admit(&self, n: usize, deadline: Option<Instant>) -> Result<(), Error> {
+        let cap = self.settings.queue_capacity;
+        if n > cap {
+            return Err(Error::ResourceExhausted(format!(
+                "request has {n} images but model {:?} queues at most {cap}",
+                self.settings.model
+            )));
+        }
+        let depth = self.depth();
+        if depth + n > cap {
+            return Err(Error::QueueFull {
+                model: self.settings.model.clone(),
+                capacity: cap,
+            });
+        }
+        let per_batch = Duration::from_micros(self.last_batch_us.load(Ordering::Relaxed));
+        if let Some(d) = deadline
+            && !per_batch.is_zero()
+        {
+            let batches = (depth + n).div_ceil(self.settings.max_batch_size) as u32;
+            if now() + per_batch * batches > d {
+                return Err(Error::DeadlineExceeded(
+                    "queued: the images ahead would not finish in time",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Images queued right now.
@@ -176,9 +209,10 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
         workers,
         depth.clone(),
         metrics,
-        last_batch_us,
+        last_batch_us.clone(),
     ));
     Handle {
+        last_batch_us: last_batch_us.clone(),
         tx,
         depth,
         settings,

@@ -141,8 +141,11 @@ impl Handle {
             });
         }
         let per_batch = Duration::from_micros(self.last_batch_us.load(Ordering::Relaxed));
+        // With nothing queued the request always gets its chance (this also keeps a stale,
+        // pessimistic estimate from refusing everything forever).
         if let Some(d) = deadline
             && !per_batch.is_zero()
+            && depth > 0
         {
             let batches = (depth + n).div_ceil(self.settings.max_batch_size) as u32;
             if now() + per_batch * batches > d {
@@ -239,7 +242,10 @@ async fn queue_task(
         // once instead of costing compute whose result nobody will wait for: under
         // overload this keeps goodput up instead of running batches that all expire.
         let est = Duration::from_micros(last_batch_us.load(Ordering::Relaxed));
-        let (expired, cancelled) = state.remove_dead(now + est, |e: &Entry| e.reply.is_closed());
+        // Only while every instance is busy: a free instance starts the head entry now, which
+        // also refreshes the estimate.
+        let horizon = if free.is_empty() { now + est } else { now };
+        let (expired, cancelled) = state.remove_dead(horizon, |e: &Entry| e.reply.is_closed());
         let removed = expired.len() + cancelled.len();
         // Failures are counted per request by the service, not here per image.
         for q in expired {
@@ -253,9 +259,10 @@ async fn queue_task(
         if removed > 0 {
             depth.fetch_sub(removed, Ordering::AcqRel);
         }
+        let lead = horizon.duration_since(now);
         let mut wake = state
             .next_deadline()
-            .map(|d| d.checked_sub(est).unwrap_or(now).max(now));
+            .map(|d| d.checked_sub(lead).unwrap_or(now).max(now));
         while let Some(&w) = free.last() {
             match state.next_batch(now) {
                 Next::Batch(batch) => {

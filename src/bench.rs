@@ -226,10 +226,8 @@ async fn run_level(
         clients.push(connect(&args.addr).await?);
     }
     let warm_end = Instant::now() + Duration::from_secs_f64(args.warmup_secs);
-    let before_warm = warm_end;
     let mut tasks = Vec::new();
     let measure_for = Duration::from_secs_f64(args.duration_secs);
-    let metrics_before = Arc::new(tokio::sync::Mutex::new(None));
     for c in 0..concurrency {
         let mut client = clients[c % clients.len()].clone();
         let images = images.clone();
@@ -239,7 +237,7 @@ async fn run_level(
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut ok_images = 0u64;
             let mut i = c * 7;
-            let end = before_warm + measure_for;
+            let end = warm_end + measure_for;
             loop {
                 let now = Instant::now();
                 if now >= end {
@@ -295,12 +293,11 @@ async fn run_level(
         }));
     }
     // Snapshot the server's batch sizes when the measured window starts.
-    if let Some(url) = &args.metrics_url {
-        tokio::time::sleep_until(warm_end.into()).await;
-        *metrics_before.lock().await = scrape_batch_sizes(url, &args.model).await.ok();
-    } else {
-        tokio::time::sleep_until(warm_end.into()).await;
-    }
+    tokio::time::sleep_until(warm_end.into()).await;
+    let metrics_before = match &args.metrics_url {
+        Some(url) => scrape_batch_sizes(url, &args.model).await.ok(),
+        None => None,
+    };
     let mut lat = Vec::new();
     let mut errors = BTreeMap::new();
     let mut images_ok = 0;
@@ -313,19 +310,18 @@ async fn run_level(
         images_ok += n;
     }
     let seconds = measure_for.as_secs_f64();
-    let (batch_sizes, mean_batch_size) =
-        match (&args.metrics_url, metrics_before.lock().await.clone()) {
-            (Some(url), Some(before)) => {
-                let after = scrape_batch_sizes(url, &args.model).await?;
-                let d = diff(&after, &before);
-                let mean = match (d.get("sum"), d.get("count")) {
-                    (Some(s), Some(c)) if *c > 0.0 => Some(s / c),
-                    _ => None,
-                };
-                (d, mean)
-            }
-            _ => (BTreeMap::new(), None),
-        };
+    let (batch_sizes, mean_batch_size) = match (&args.metrics_url, metrics_before) {
+        (Some(url), Some(before)) => {
+            let after = scrape_batch_sizes(url, &args.model).await?;
+            let d = diff(&after, &before);
+            let mean = match (d.get("sum"), d.get("count")) {
+                (Some(s), Some(c)) if *c > 0.0 => Some(s / c),
+                _ => None,
+            };
+            (d, mean)
+        }
+        _ => (BTreeMap::new(), None),
+    };
     let requests_ok = lat.len() as u64;
     Ok(LevelResult {
         concurrency,

@@ -8,7 +8,9 @@
 #   2. test assets: tests/python/generate_all.sh (models wide_resnet50_2, wide_resnet101_2 and
 #      wrn_16_4 with seeded weights, photos, torchvision/onnxruntime reference outputs);
 #   3. Python unit tests: python -m unittest discover -s tests/python;
-#   4. Rust: WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked (a missing asset fails);
+#   4. Rust: WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked -- --show-output (a
+#      missing asset fails; --show-output prints every test's figures and SKIP lines, which
+#      cargo otherwise swallows for passing tests), then the SKIP lines again as a summary;
 #   5. deployment: deploy/scripts/check-deploy.sh (kustomize, schemas, lints, invariants, and the
 #      pod smoke test with the target/debug/wrn binary built in step 4);
 #   6. observability: deploy/grafana and deploy/prometheus against src/metrics.rs and the README
@@ -100,8 +102,17 @@ run_step "2 test assets (tests/python/generate_all.sh)" assets
 run_step "3 Python unit tests (unittest, tests/python)" "$PY" -m unittest discover -s tests/python -v
 ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/cpu/libonnxruntime.so}"
 export ORT_DYLIB_PATH
-run_step "4 cargo test --all-targets (WRN_REQUIRE_TEST_ASSETS=1)" \
-  env WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked
+rust_tests() {
+  local log="$ROOT/target/cargo-test.log"
+  mkdir -p "$ROOT/target"
+  local rc=0
+  env WRN_REQUIRE_TEST_ASSETS=1 cargo test --all-targets --locked -- --show-output 2>&1 | tee "$log" || rc=$?
+  echo
+  echo "test.sh: skipped tests (SKIP lines):"
+  grep -E '^SKIP ' "$log" | sed 's/^/  /' || echo "  none"
+  return "$rc"
+}
+run_step "4 cargo test --all-targets (WRN_REQUIRE_TEST_ASSETS=1)" rust_tests
 run_step "5 deployment checks (deploy/scripts/check-deploy.sh)" \
   env WRN_BIN="$ROOT/target/debug/wrn" bash deploy/scripts/check-deploy.sh
 run_step "6 dashboard and alert rules (check_alerts.py, promtool)" observability

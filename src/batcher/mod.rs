@@ -53,6 +53,67 @@ pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The latest measured duration of a batch of each size (µs; 0 = not seen yet), shared by
+/// the workers (which write it) and the admission and expiry checks (which read it).
+///
+/// A size not measured yet is interpolated linearly between the nearest sizes measured on
+/// either side; with only smaller sizes seen it takes the largest of them (a batch never runs
+/// faster than a smaller one, and on a GPU it may run no slower); with only larger sizes seen,
+/// the nearest one scaled down in proportion to the size (exact on a CPU, short on a GPU,
+/// where small batches cost more per image). So estimates err on the short side, and a
+/// request that could still finish is rarely refused.
+#[derive(Debug)]
+pub struct BatchCosts {
+    us: Vec<AtomicU64>,
+}
+
+impl BatchCosts {
+    pub fn new(max_batch_size: usize) -> Self {
+        Self {
+            us: (0..max_batch_size.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, batch: usize, took: Duration) {
+        if let Some(slot) = batch.checked_sub(1).and_then(|i| self.us.get(i)) {
+            slot.store((took.as_micros() as u64).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Estimated duration of a batch of `batch` images; `None` before any batch ran.
+    pub fn estimate(&self, batch: usize) -> Option<Duration> {
+        let b = batch.clamp(1, self.us.len());
+        let at = |size: usize| self.us[size - 1].load(Ordering::Relaxed);
+        let below = (1..=b).rev().find(|&s| at(s) > 0);
+        let above = (b + 1..=self.us.len()).find(|&s| at(s) > 0);
+        let us = match (below, above) {
+            (Some(lo), _) if lo == b => at(b),
+            (Some(lo), Some(hi)) => {
+                let (tl, th) = (at(lo) as f64, at(hi) as f64);
+                (tl + (th - tl).max(0.0) * (b - lo) as f64 / (hi - lo) as f64) as u64
+            }
+            (Some(lo), None) => at(lo),
+            (None, Some(hi)) => at(hi) * b as u64 / hi as u64,
+            (None, None) => return None,
+        };
+        Some(Duration::from_micros(us))
+    }
+
+    /// Estimated time to run `images` images in full batches of `max` on `instances`
+    /// instances working side by side.
+    pub fn drain_time(&self, images: usize, instances: usize) -> Option<Duration> {
+        let max = self.us.len();
+        let (full, rest) = (images / max, images % max);
+        let mut total = self.estimate(max)? * full as u32;
+        if rest > 0 {
+            total += self.estimate(rest)?;
+        }
+        Some(total / instances.max(1) as u32)
+    }
+}
+
 /// Batching settings for one model.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -70,7 +131,8 @@ pub struct Handle {
     tx: mpsc::Sender<Queued<Entry>>,
     depth: Arc<AtomicUsize>,
     settings: Arc<Settings>,
-    last_batch_us: Arc<AtomicU64>,
+    costs: Arc<BatchCosts>,
+    instances: usize,
 }
 
 impl Handle {
@@ -123,8 +185,9 @@ impl Handle {
     }
 
     /// Checks at the door, before any decoding is spent on the request: is there room for
-    /// `n` more images, and can they plausibly finish before `deadline`? (Estimated wait:
-    /// the batches ahead of them plus their own, at the latest batch's duration.)
+    /// `n` more images, and can they plausibly finish before `deadline`? (Estimated wait: the
+    /// images queued ahead of them plus their own, in full batches spread over the model's
+    /// instances, at the measured duration of batches of those sizes.)
     pub fn admit(&self, n: usize, deadline: Option<Instant>) -> Result<(), Error> {
         let cap = self.settings.queue_capacity;
         if n > cap {
@@ -140,19 +203,16 @@ impl Handle {
                 capacity: cap,
             });
         }
-        let per_batch = Duration::from_micros(self.last_batch_us.load(Ordering::Relaxed));
         // With nothing queued the request always gets its chance (this also keeps a stale,
         // pessimistic estimate from refusing everything forever).
         if let Some(d) = deadline
-            && !per_batch.is_zero()
             && depth > 0
+            && let Some(wait) = self.costs.drain_time(depth + n, self.instances)
+            && now() + wait > d
         {
-            let batches = (depth + n).div_ceil(self.settings.max_batch_size) as u32;
-            if now() + per_batch * batches > d {
-                return Err(Error::DeadlineExceeded(
-                    "queued: the images ahead would not finish in time",
-                ));
-            }
+            return Err(Error::DeadlineExceeded(
+                "queued: the images ahead would not finish in time",
+            ));
         }
         Ok(())
     }
@@ -177,8 +237,8 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
     let settings = Arc::new(settings);
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
     let depth = Arc::new(AtomicUsize::new(0));
-    // Duration of the latest batch (µs): the estimate of how long the next one takes.
-    let last_batch_us = Arc::new(AtomicU64::new(0));
+    let costs = Arc::new(BatchCosts::new(settings.max_batch_size));
+    let n_instances = instances.len();
     // Workers report "free" on a channel sized to the number of workers: never blocks.
     let (free_tx, free_rx) = mpsc::channel(instances.len());
     let mut workers = Vec::with_capacity(instances.len());
@@ -188,20 +248,10 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
         let free_tx = free_tx.clone();
         let metrics = metrics.clone();
         let settings = settings.clone();
-        let last_batch_us = last_batch_us.clone();
+        let costs = costs.clone();
         std::thread::Builder::new()
             .name(format!("wrn-{}-{id}", settings.model))
-            .spawn(move || {
-                worker(
-                    id,
-                    instance,
-                    batch_rx,
-                    free_tx,
-                    settings,
-                    metrics,
-                    last_batch_us,
-                )
-            })
+            .spawn(move || worker(id, instance, batch_rx, free_tx, settings, metrics, costs))
             .expect("spawning a model worker thread");
     }
     drop(free_tx);
@@ -212,13 +262,14 @@ pub fn spawn<R: Runner>(settings: Settings, instances: Vec<R>, metrics: ModelMet
         workers,
         depth.clone(),
         metrics,
-        last_batch_us.clone(),
+        costs.clone(),
     ));
     Handle {
-        last_batch_us: last_batch_us.clone(),
         tx,
         depth,
         settings,
+        costs,
+        instances: n_instances,
     }
 }
 
@@ -229,7 +280,7 @@ async fn queue_task(
     workers: Vec<mpsc::Sender<Vec<Queued<Entry>>>>,
     depth: Arc<AtomicUsize>,
     metrics: ModelMetrics,
-    last_batch_us: Arc<AtomicU64>,
+    costs: Arc<BatchCosts>,
 ) {
     let mut state: State<Entry> = State::new(settings.max_batch_size, settings.max_queue_delay);
     let mut free: Vec<usize> = (0..workers.len()).rev().collect();
@@ -238,13 +289,15 @@ async fn queue_task(
     let sweep = Duration::from_millis(50);
     loop {
         let now = now();
-        // An entry that cannot finish before its deadline (now + one batch) is answered at
-        // once instead of costing compute whose result nobody will wait for: under
-        // overload this keeps goodput up instead of running batches that all expire.
-        let est = Duration::from_micros(last_batch_us.load(Ordering::Relaxed));
-        // Only while every instance is busy: a free instance starts the head entry now, which
-        // also refreshes the estimate.
-        let horizon = if free.is_empty() { now + est } else { now };
+        // An entry that cannot finish before its deadline is answered at once instead of
+        // costing compute whose result nobody will wait for: under overload this keeps
+        // goodput up instead of running batches that all expire. While every instance is
+        // busy, nothing queued finishes sooner than a batch of one would take from now (a
+        // free instance starts the head entry now; the batch plan below judges it).
+        let horizon = match costs.estimate(1) {
+            Some(one) if free.is_empty() && !state.is_empty() => now + one,
+            _ => now,
+        };
         let (expired, cancelled) = state.remove_dead(horizon, |e: &Entry| e.reply.is_closed());
         let removed = expired.len() + cancelled.len();
         // Failures are counted per request by the service, not here per image.
@@ -265,7 +318,30 @@ async fn queue_task(
             .map(|d| d.checked_sub(lead).unwrap_or(now).max(now));
         while let Some(&w) = free.last() {
             match state.next_batch(now) {
-                Next::Batch(batch) => {
+                Next::Batch(mut batch) => {
+                    // Trim the batch to the size that lets the most of it finish in time;
+                    // the rest goes back to the queue, the hopeless are answered now.
+                    let deadlines: Vec<Option<Instant>> =
+                        batch.iter().map(|q| q.deadline).collect();
+                    let (size, late) = state::plan(&deadlines, now, |b| costs.estimate(b));
+                    state.requeue_front(batch.split_off(size));
+                    if !late.is_empty() {
+                        let mut kept = Vec::with_capacity(batch.len() - late.len());
+                        for (i, q) in batch.into_iter().enumerate() {
+                            if late.contains(&i) {
+                                let _ = q.item.reply.send(Err(Error::DeadlineExceeded(
+                                    "waiting in the batch queue (it could not finish in time)",
+                                )));
+                            } else {
+                                kept.push(q);
+                            }
+                        }
+                        depth.fetch_sub(late.len(), Ordering::AcqRel);
+                        batch = kept;
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
                     free.pop();
                     depth.fetch_sub(batch.len(), Ordering::AcqRel);
                     for q in &batch {
@@ -326,7 +402,7 @@ fn worker<R: Runner>(
     free: mpsc::Sender<usize>,
     settings: Arc<Settings>,
     metrics: ModelMetrics,
-    last_batch_us: Arc<AtomicU64>,
+    costs: Arc<BatchCosts>,
 ) {
     let ready = metrics.instances_ready(instance.provider());
     ready.increment(1.0);
@@ -349,7 +425,7 @@ fn worker<R: Runner>(
             }))
             .unwrap_or_else(|_| Err("model run panicked".to_string()));
             let took = started.elapsed();
-            last_batch_us.store(took.as_micros() as u64, Ordering::Relaxed);
+            costs.record(live.len(), took);
             metrics.compute.record(took.as_secs_f64());
             metrics.batch_size.record(live.len() as f64);
             metrics.batches.increment(1);
@@ -607,6 +683,110 @@ mod tests {
             .submit(vec![img(4.0)], Some(now() + Duration::from_secs(5)))
             .unwrap();
         fine.into_iter().next().unwrap().await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn batch_costs_estimate_by_size_and_err_short() {
+        let c = BatchCosts::new(4);
+        assert_eq!(c.estimate(1), None, "nothing measured yet");
+        assert_eq!(c.drain_time(3, 1), None);
+        c.record(4, Duration::from_millis(400));
+        assert_eq!(c.estimate(4), Some(Duration::from_millis(400)));
+        assert_eq!(
+            c.estimate(1),
+            Some(Duration::from_millis(100)),
+            "only a larger size seen: scaled down"
+        );
+        assert_eq!(c.estimate(9), Some(Duration::from_millis(400)), "clamped");
+        c.record(2, Duration::from_millis(150));
+        assert_eq!(
+            c.estimate(3),
+            Some(Duration::from_millis(275)),
+            "between the sizes seen on either side"
+        );
+        let only_smaller = BatchCosts::new(8);
+        only_smaller.record(2, Duration::from_millis(150));
+        assert_eq!(only_smaller.estimate(6), Some(Duration::from_millis(150)));
+        assert_eq!(c.estimate(1), Some(Duration::from_millis(75)));
+        // 9 images: two full batches of 4 and one of 1, over two instances
+        assert_eq!(c.drain_time(9, 2), Some(Duration::from_micros(437_500)));
+        c.record(0, Duration::from_secs(1)); // ignored, never panics
+        c.record(5, Duration::from_secs(1));
+        assert_eq!(c.estimate(4), Some(Duration::from_millis(400)));
+    }
+
+    /// Sleeps a fixed time per image, like a model on a CPU.
+    struct PerImage(Duration);
+    impl Runner for PerImage {
+        fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+            std::thread::sleep(self.0 * batch as u32);
+            Ok(input
+                .chunks_exact(input.len() / batch)
+                .flat_map(|c| [c[0], batch as f32])
+                .collect())
+        }
+        fn provider(&self) -> &str {
+            "cpu"
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_after_a_full_batch_judges_small_requests_by_their_own_size() {
+        let h = spawn(
+            settings(4, 0, 64),
+            vec![PerImage(Duration::from_millis(300))],
+            metrics(),
+        );
+        // One full batch: 4 images, about 1.2 s. A single image costs about 300 ms.
+        for rx in h
+            .submit((0..4).map(|i| img(i as f32)).collect(), None)
+            .unwrap()
+        {
+            rx.await.unwrap().unwrap();
+        }
+        let busy = h.submit(vec![img(10.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await; // running now (for 300 ms)
+        let queued = h.submit(vec![img(11.0)], None).unwrap();
+        assert_eq!(h.depth(), 1);
+        // Ahead: one queued image; with this one, a batch of two: about 600 ms.
+        h.admit(1, Some(now() + Duration::from_millis(1000)))
+            .expect("a batch of two fits in 1 s: the batch of four's 1.2 s must not count");
+        let e = h
+            .admit(1, Some(now() + Duration::from_millis(400)))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        for rx in busy.into_iter().chain(queued) {
+            rx.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_trimmed_so_that_their_deadlines_can_be_met() {
+        let h = spawn(
+            settings(4, 0, 64),
+            vec![PerImage(Duration::from_millis(150))],
+            metrics(),
+        );
+        for rx in h
+            .submit((0..4).map(|i| img(i as f32)).collect(), None)
+            .unwrap()
+        {
+            rx.await.unwrap().unwrap(); // teaches: a batch of four takes about 600 ms
+        }
+        let busy = h.submit(vec![img(9.0)], None).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Queued behind the busy image: two with 700 ms left and two without a deadline. A
+        // batch of four (600 ms, after the busy one's 150) would miss both deadlines; a batch
+        // of three (450 ms) meets them, and the fourth image runs after.
+        let soon = Some(now() + Duration::from_millis(700));
+        let mut rxs = h.submit(vec![img(1.0), img(2.0)], soon).unwrap();
+        rxs.extend(h.submit(vec![img(3.0), img(4.0)], None).unwrap());
+        busy.into_iter().next().unwrap().await.unwrap().unwrap();
+        let mut sizes = Vec::new();
+        for rx in rxs {
+            sizes.push(rx.await.unwrap().expect("every image finished in time")[1]);
+        }
+        assert_eq!(sizes, vec![3.0, 3.0, 3.0, 1.0]);
     }
 
     #[tokio::test]

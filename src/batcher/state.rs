@@ -7,6 +7,9 @@
 //! - With `delay == 0` it takes whatever is there: one image at low load, full batches at
 //!   high load (text-embeddings-inference's queue).
 //! - Entries whose deadline passed or whose caller went away never reach a batch.
+//! - Once batch durations are known, a formed batch is trimmed to the size that lets the
+//!   most of its entries finish before their deadlines ([`plan`]): under overload the
+//!   compute goes to requests that can still be answered.
 
 use std::{
     collections::VecDeque,
@@ -96,6 +99,13 @@ impl<T> State<T> {
         self.queue.iter().filter_map(|q| q.deadline).min()
     }
 
+    /// Puts entries taken by [`Self::next_batch`] back at the head of the queue, in order.
+    pub fn requeue_front(&mut self, items: Vec<Queued<T>>) {
+        for q in items.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+    }
+
     /// The batching decision for one free instance at `now`. Call `remove_dead` first.
     pub fn next_batch(&mut self, now: Instant) -> Next<T> {
         let Some(oldest) = self.queue.front() else {
@@ -110,6 +120,43 @@ impl<T> State<T> {
         let n = self.queue.len().min(self.max_batch);
         Next::Batch(self.queue.drain(..n).collect())
     }
+}
+
+/// How to run a batch formed at `now` whose entries have `deadlines` (queue order), given
+/// the estimated duration of a batch of each size: `(size, late)`: run the first `size`
+/// entries, of which those at the indexes in `late` cannot finish in time (answer them
+/// instead of computing them); the rest go back to the queue. The size is the one that lets
+/// the most entries finish (the smallest such, which costs least); with no estimate, all of
+/// them run.
+pub fn plan(
+    deadlines: &[Option<Instant>],
+    now: Instant,
+    cost: impl Fn(usize) -> Option<Duration>,
+) -> (usize, Vec<usize>) {
+    let n = deadlines.len();
+    let finishing = |b: usize, t: Duration| {
+        deadlines[..b]
+            .iter()
+            .filter(|d| d.is_none_or(|d| d >= now + t))
+            .count()
+    };
+    let mut best: Option<(usize, usize, Duration)> = None; // (finishing, size, duration)
+    for b in 1..=n {
+        let Some(t) = cost(b) else {
+            return (n, Vec::new());
+        };
+        let f = finishing(b, t);
+        if best.is_none_or(|(bf, _, _)| f > bf) {
+            best = Some((f, b, t));
+        }
+    }
+    let Some((_, size, t)) = best else {
+        return (0, Vec::new());
+    };
+    let late = (0..size)
+        .filter(|&i| deadlines[i].is_some_and(|d| d < now + t))
+        .collect();
+    (size, late)
 }
 
 #[cfg(test)]
@@ -204,5 +251,48 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), Some(at(t, 50)));
         assert_eq!(items(s.next_batch(at(t, 11))), vec![3]);
+    }
+
+    #[test]
+    fn plan_trims_the_batch_to_what_can_finish() {
+        let t = Instant::now();
+        let per_image = |b: usize| Some(Duration::from_millis(100 * b as u64));
+        // No deadlines: everything runs.
+        assert_eq!(plan(&[None, None, None], t, per_image), (3, vec![]));
+        // No estimate yet: everything runs.
+        assert_eq!(plan(&[Some(t), None], t, |_| None), (2, vec![]));
+        // Deadlines 250, 250, 250, 1000 ms: a batch of 2 (200 ms) finishes two of them, a
+        // batch of 4 (400 ms) only the last; a batch of 3 (300 ms) also one.
+        let d = [
+            Some(at(t, 250)),
+            Some(at(t, 250)),
+            Some(at(t, 250)),
+            Some(at(t, 1000)),
+        ];
+        assert_eq!(plan(&d, t, per_image), (2, vec![]));
+        // Head entry hopeless (50 ms left, a single image takes 100): it is answered, not
+        // run, and the next two run.
+        let d = [Some(at(t, 50)), Some(at(t, 900)), None];
+        assert_eq!(plan(&d, t, per_image), (3, vec![0]));
+        // A flat cost (a GPU): the full batch, less the one that cannot make it.
+        let flat = |_| Some(Duration::from_millis(100));
+        let d = [Some(at(t, 500)), Some(at(t, 90)), Some(at(t, 500))];
+        assert_eq!(plan(&d, t, flat), (3, vec![1]));
+        assert_eq!(plan(&[], t, per_image), (0, vec![]));
+    }
+
+    #[test]
+    fn requeued_entries_come_back_first_in_order() {
+        let t = Instant::now();
+        let mut s = State::new(2, Duration::ZERO);
+        for i in 0..4 {
+            s.push(q(i, t));
+        }
+        let Next::Batch(b) = s.next_batch(t) else {
+            panic!("a batch")
+        };
+        s.requeue_front(b);
+        assert_eq!(items(s.next_batch(t)), vec![0, 1]);
+        assert_eq!(items(s.next_batch(t)), vec![2, 3]);
     }
 }

@@ -18,8 +18,8 @@
 #      `promtool check rules` + `promtool test rules` with promtool taken from Debian's prometheus
 #      package (apt-get download, unpacked into .cache; skipped with a warning without apt-get);
 #   7. (--clippy or WRN_TEST_CLIPPY=1) cargo clippy --all-targets -- -D warnings.
-# Runs as root or as a user with sudo; needs no GPU. From scratch on 2 idle cores: about 11 minutes
-# (4.5 before cargo test, which compiles and runs in about 5); several times that on busy cores.
+# Runs as root or as a user with sudo; needs no GPU. From scratch on 2 idle cores: about 9 minutes
+# (4.5 before cargo test, which compiles and runs in about 4); several times that on busy cores.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

@@ -245,8 +245,14 @@ async fn tls_and_mutual_tls() {
             .classify(classify_req(None))
             .await
             .unwrap_err();
+        // The TLS server closes the connection on the plaintext preface; depending on timing
+        // hyper reports that as a failed connection (Unavailable, Unknown, Internal) or as a
+        // closed one mid-call (Cancelled: "connection closed").
         assert!(
-            matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            ),
             "{e}"
         );
     }

@@ -730,6 +730,25 @@ mod tests {
         }
     }
 
+    /// Runs one full batch of 4 through `h` (which teaches it that batch's duration).
+    async fn run_full_batch(h: &Handle) {
+        for rx in h
+            .submit((0..4).map(|i| img(i as f32)).collect(), None)
+            .unwrap()
+        {
+            rx.await.unwrap().unwrap();
+        }
+    }
+
+    /// Submits one image and returns once an instance has taken it (the queue is empty).
+    async fn start_one(h: &Handle, v: f32) -> Vec<oneshot::Receiver<Reply>> {
+        let rx = h.submit(vec![img(v)], None).unwrap();
+        while h.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        rx
+    }
+
     #[tokio::test]
     async fn admission_after_a_full_batch_judges_small_requests_by_their_own_size() {
         let h = spawn(
@@ -738,14 +757,8 @@ mod tests {
             metrics(),
         );
         // One full batch: 4 images, about 1.2 s. A single image costs about 300 ms.
-        for rx in h
-            .submit((0..4).map(|i| img(i as f32)).collect(), None)
-            .unwrap()
-        {
-            rx.await.unwrap().unwrap();
-        }
-        let busy = h.submit(vec![img(10.0)], None).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await; // running now (for 300 ms)
+        run_full_batch(&h).await;
+        let busy = start_one(&h, 10.0).await; // running now (for 300 ms)
         let queued = h.submit(vec![img(11.0)], None).unwrap();
         assert_eq!(h.depth(), 1);
         // Ahead: one queued image; with this one, a batch of two: about 600 ms.
@@ -767,14 +780,8 @@ mod tests {
             vec![PerImage(Duration::from_millis(150))],
             metrics(),
         );
-        for rx in h
-            .submit((0..4).map(|i| img(i as f32)).collect(), None)
-            .unwrap()
-        {
-            rx.await.unwrap().unwrap(); // teaches: a batch of four takes about 600 ms
-        }
-        let busy = h.submit(vec![img(9.0)], None).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        run_full_batch(&h).await; // teaches: a batch of four takes about 600 ms
+        let busy = start_one(&h, 9.0).await;
         // Queued behind the busy image: two with 700 ms left and two without a deadline. A
         // batch of four (600 ms, after the busy one's 150) would miss both deadlines; a batch
         // of three (450 ms) meets them, and the fourth image runs after.
